@@ -1,0 +1,109 @@
+"""The `mmcourse` command: run the notebooks, draw the world, report the environment.
+
+    mmcourse run [--scale auto|ci|cpu|gpu] [--only PATTERN] [--notebooks DIR] [--out DIR]
+    mmcourse world --out sheet.png [--n 12] [--seed 0] [--preset default]
+    mmcourse env
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .results import RESULTS_ENV, format_table, load_results, project_root
+
+
+def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Path,
+                 cell_timeout: int | None = None) -> float:
+    """Execute one notebook with papermill (parameters SCALE and SEED); return its wall time."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{source.stem}.json").unlink(missing_ok=True)  # never show a stale figure
+    os.environ[RESULTS_ENV] = str(results)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    started = time.perf_counter()
+    papermill.execute_notebook(str(source), str(output), parameters={"SCALE": scale, "SEED": seed},
+                               cwd=str(source.parent), kernel_name="python3", language="python", progress_bar=False,
+                               execution_timeout=cell_timeout)
+    return time.perf_counter() - started
+
+
+def cmd_run(args) -> int:
+    root = project_root()
+    notebooks = sorted(Path(args.notebooks or root / "notebooks").glob(f"{args.only}.ipynb"))
+    out = Path(args.out or root / "build")
+    results = out / "results"
+    if not notebooks:
+        print(f"no notebooks match {args.only!r} in {args.notebooks or 'notebooks/'}; nothing to run")
+        return 0
+    failed = []
+    for notebook in notebooks:
+        print(f"running {notebook.name} at scale {args.scale} ...", flush=True)
+        try:
+            seconds = run_notebook(notebook, out / "notebooks" / notebook.name, args.scale, args.seed, results)
+            print(f"  done in {seconds:.0f} s", flush=True)
+        except Exception as error:  # report every notebook, then fail
+            failed.append(notebook.name)
+            print(f"  FAILED: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}")
+    records = [r for r in load_results(results) if f"{r['notebook']}.ipynb" in {n.name for n in notebooks}]
+    print()
+    print(format_table(records) if records else "no headline figures were reported")
+    if failed:
+        print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)} (executed copies in {out / 'notebooks'})")
+        return 1
+    return 0
+
+
+def cmd_world(args) -> int:
+    from .viz import contact_sheet
+
+    contact_sheet(args.n, args.seed, path=args.out, preset=args.preset)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    from .device import env_report
+
+    report = env_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcourse", description="The mmcourse command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="execute every notebook with papermill into build/ and print the figures")
+    run.add_argument("--scale", default="auto", choices=["auto", "ci", "cpu", "gpu"])
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--only", default="*", help="glob on notebook names, e.g. '01_*'")
+    run.add_argument("--notebooks", help="folder of notebooks (default: notebooks/ of the project)")
+    run.add_argument("--out", help="output folder (default: build/ of the project)")
+    run.set_defaults(handler=cmd_run)
+
+    world = commands.add_parser("world", help="render a contact sheet of scenes with captions and questions")
+    world.add_argument("--out", required=True, help="PNG file to write")
+    world.add_argument("--n", type=int, default=12)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--preset", default="default")
+    world.set_defaults(handler=cmd_world)
+
+    env = commands.add_parser("env", help="print versions and devices")
+    env.set_defaults(handler=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The scale knob: one name ("ci", "cpu", "gpu" or "auto") decides every size in a notebook.
+
+`ci` proves that every cell runs and that learning happens, in seconds on two cores; `cpu` is what a
+student runs on a laptop in a few minutes; `gpu` is the full version. "auto" reads the environment
+variable MMCOURSE_SCALE, else picks "gpu" when CUDA is present and "cpu" otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from .results import note_run
+
+SCALES = ("ci", "cpu", "gpu")
+SCALE_ENV = "MMCOURSE_SCALE"
+
+
+@dataclass(frozen=True)
+class CourseConfig:
+    """Sizes shared by the notebooks; `pick` chooses a notebook's own value for this scale."""
+
+    scale: str
+    n_train: int  # training examples (scenes, pairs, episodes...)
+    n_test: int  # held-out examples for the headline figures
+    epochs: int
+    batch_size: int
+    image_size: int  # pixels per side of rendered scenes
+    width: int  # hidden width of the small encoders
+    progress: bool  # show tqdm bars (off at ci scale: logs stay clean)
+
+    def pick(self, ci, cpu, gpu):
+        """The value for this scale, e.g. `cfg.pick(ci=2, cpu=10, gpu=40)` epochs."""
+        return {"ci": ci, "cpu": cpu, "gpu": gpu}[self.scale]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_SIZES = {
+    "ci": dict(n_train=2_000, n_test=500, epochs=4, batch_size=128, image_size=32, width=64, progress=False),
+    "cpu": dict(n_train=20_000, n_test=1_000, epochs=15, batch_size=128, image_size=64, width=128, progress=True),
+    "gpu": dict(n_train=100_000, n_test=5_000, epochs=40, batch_size=512, image_size=64, width=256, progress=True),
+}
+
+
+def resolve_scale(scale: str = "auto") -> str:
+    """"ci" | "cpu" | "gpu", with "auto" resolved from MMCOURSE_SCALE or the hardware."""
+    if not isinstance(scale, str):
+        raise TypeError(f"scale must be a str, got {type(scale).__name__}")
+    if scale == "auto":
+        scale = os.environ.get(SCALE_ENV, "").strip().lower() or _hardware_scale()
+        if scale not in SCALES:
+            raise ValueError(f"{SCALE_ENV}={scale!r} is unknown; expected one of {SCALES}")
+        return scale
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r} is unknown; expected one of {SCALES + ('auto',)}")
+    return scale
+
+
+def _hardware_scale() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def course_config(scale: str = "auto") -> CourseConfig:
+    """The sizes for `scale` (see the module docstring)."""
+    name = resolve_scale(scale)
+    note_run(scale=name)
+    return CourseConfig(scale=name, **_SIZES[name])

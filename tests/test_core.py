@@ -1,0 +1,197 @@
+"""The base of the package: scale knob, device helpers, the results contract, the CLI, packaging."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import mmcourse
+from mmcourse import cli, results
+from mmcourse.config import SCALES, course_config, resolve_scale
+from mmcourse.device import autocast, get_device, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- scale knob ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_course_config_sizes_grow_with_scale(scale):
+    cfg = course_config(scale)
+    assert cfg.scale == scale and cfg.pick(ci=1, cpu=2, gpu=3) == SCALES.index(scale) + 1
+    assert cfg.n_train > 0 and cfg.epochs > 0 and cfg.batch_size > 0
+
+
+def test_scales_are_ordered():
+    ci, cpu, gpu = (course_config(s) for s in SCALES)
+    assert ci.n_train < cpu.n_train < gpu.n_train
+    assert not ci.progress and cpu.progress
+
+
+def test_auto_reads_environment_then_hardware(monkeypatch):
+    monkeypatch.setenv("MMCOURSE_SCALE", "ci")
+    assert resolve_scale("auto") == "ci"
+    monkeypatch.delenv("MMCOURSE_SCALE")
+    assert resolve_scale("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("bad", ["big", "CPU ", ""])
+def test_unknown_scale_is_rejected(bad):
+    with pytest.raises(ValueError, match="scale"):
+        course_config(bad)
+
+
+def test_unknown_scale_in_environment_is_rejected(monkeypatch):
+    monkeypatch.setenv("MMCOURSE_SCALE", "huge")
+    with pytest.raises(ValueError, match="MMCOURSE_SCALE"):
+        course_config("auto")
+
+
+def test_non_string_scale_is_rejected():
+    with pytest.raises(TypeError, match="scale"):
+        course_config(3)
+
+
+# --- device -------------------------------------------------------------------------------------
+
+def test_get_device_prefers_accelerators():
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert get_device().type == expected
+    assert get_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_get_device_refuses_missing_cuda():
+    with pytest.raises(ValueError, match="prefer"):
+        get_device("cuda")
+
+
+def test_autocast_is_a_no_op_on_cpu():
+    layer = torch.nn.Linear(4, 4)
+    with autocast("cpu"):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_seed_everything_makes_torch_and_numpy_repeat():
+    import numpy as np
+
+    seed_everything(7)
+    first = torch.rand(3), np.random.rand(3)
+    generator = seed_everything(7)
+    assert torch.equal(first[0], torch.rand(3)) and np.array_equal(first[1], np.random.rand(3))
+    assert generator.initial_seed() == 7
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(bad)
+
+
+def test_env_report_names_versions_and_device():
+    report = mmcourse.env_report()
+    assert report["torch"] == torch.__version__ and report["device"] == str(get_device())
+
+
+# --- results contract ---------------------------------------------------------------------------
+
+def test_report_writes_the_contract(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    course_config("ci")
+    seed_everything(3)
+    path = mmcourse.report("01_demo", {"accuracy": 0.875, "n": 12, "tensor": torch.tensor(0.5)})
+    record = json.loads(path.read_text())
+    assert path == tmp_path / "01_demo.json"
+    assert record["scale"] == "ci" and record["seed"] == 3 and record["device"] == str(get_device())
+    assert record["metrics"] == {"accuracy": 0.875, "n": 12, "tensor": 0.5}
+    assert record["wall_time_s"] >= 0
+    assert "accuracy" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("metrics, error", [
+    ({}, TypeError), ([("a", 1)], TypeError), ({"a": float("nan")}, ValueError),
+    ({"a": "high"}, ValueError), ({"a": True}, ValueError), ({3: 1.0}, TypeError),
+])
+def test_report_rejects_bad_metrics(metrics, error, tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    with pytest.raises(error, match="metrics"):
+        mmcourse.report("demo", metrics)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b"])
+def test_report_rejects_bad_names(name, tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match="name"):
+        mmcourse.report(name, {"a": 1.0})
+
+
+def test_results_dir_defaults_to_project_build(monkeypatch):
+    monkeypatch.delenv(results.RESULTS_ENV, raising=False)
+    monkeypatch.chdir(ROOT / "tests")
+    assert results.results_dir() == ROOT / "build" / "results"
+
+
+def test_format_table_lists_every_figure():
+    table = results.format_table([{"notebook": "01_x", "scale": "ci", "wall_time_s": 3.2,
+                                   "metrics": {"b": 0.5, "a": 2}}])
+    lines = table.splitlines()
+    assert lines[0].split() == ["notebook", "scale", "time", "(s)", "figure", "value"]
+    assert lines[2].split() == ["01_x", "ci", "3.2", "a", "2"] and lines[3].split() == ["b", "0.5"]
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def test_cli_run_with_no_notebooks_says_so(tmp_path, capsys):
+    assert cli.main(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "build")]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+
+
+def test_cli_run_reports_a_failing_notebook(tmp_path, capsys):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("SCALE = 'auto'\nSEED = 0")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')")]
+    (tmp_path / "nb").mkdir()
+    nbformat.write(notebook, tmp_path / "nb" / "broken.ipynb")
+    code = cli.main(["run", "--scale", "ci", "--notebooks", str(tmp_path / "nb"), "--out", str(tmp_path / "build")])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED" in out and "broken.ipynb" in out
+    assert (tmp_path / "build" / "notebooks" / "broken.ipynb").exists()
+
+
+def test_cli_env_prints_versions(capsys):
+    assert cli.main(["env"]) == 0
+    assert re.search(r"^torch\s+\S+", capsys.readouterr().out, re.M)
+
+
+def test_cli_rejects_unknown_scale():
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--scale", "huge"])
+
+
+# --- packaging ------------------------------------------------------------------------------------
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert {_name(r) for r in pip_section} == declared
+    project_ranges = sorted(r.replace(" ", "") for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    assert sorted(r.replace(" ", "") for r in pip_section) == project_ranges
+
+
+def test_dependencies_are_ranges_not_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [r for r in project["dependencies"] if "==" in r]

@@ -1,0 +1,99 @@
+"""The notebook harness: every notebook runs end to end at ci scale and still learns.
+
+Each notebook is executed twice: with papermill (parameters injected, within its time budget, its
+`mmcourse.report` figures above the floors below) and under `pytest --nbval-lax` with
+MMCOURSE_SCALE=ci (cells marked `# NBVAL_CHECK_OUTPUT` must reproduce their stored output, after
+the substitutions of tests/nbval_sanitize.cfg). The fixture notebook under tests/fixtures proves the
+harness itself.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mmcourse.cli import run_notebook
+from mmcourse.results import RESULTS_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+FIXTURE = ROOT / "tests" / "fixtures" / "harness_fixture.ipynb"
+LECTURE_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = LECTURE_NOTEBOOKS + [FIXTURE]
+
+# Headline figures each notebook must reach at ci scale: name -> {metric: floor}.
+FLOORS: dict[str, dict[str, float]] = {
+    "harness_fixture": {"color_accuracy": 0.9},
+}
+# Wall-clock budget of a ci-scale run on two cores, in seconds.
+BUDGET_S: dict[str, float] = {"01_challenges": 120.0}
+DEFAULT_BUDGET_S = 150.0
+
+MACHINE_PATH = re.compile(r"/(work|tmp|root|home|Users)/[A-Za-z0-9_.-]+")
+
+
+def budget(notebook: Path) -> float:
+    return BUDGET_S.get(notebook.stem, DEFAULT_BUDGET_S)
+
+
+def first_code_cell(notebook: Path):
+    return next(c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_holds_literals_only(notebook):
+    cell = first_code_cell(notebook)
+    assert "parameters" in cell.metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    tree = ast.parse(cell.source)
+    names = set()
+    for statement in tree.body:
+        assert isinstance(statement, ast.Assign), f"only assignments belong in the parameters cell: {ast.dump(statement)}"
+        ast.literal_eval(statement.value)  # raises on anything but a literal
+        names.update(target.id for target in statement.targets)
+    assert {"SCALE", "SEED"} <= names
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_floors(notebook):
+    assert FLOORS.get(notebook.stem), f"add the ci-scale floors of {notebook.name} to FLOORS"
+
+
+@pytest.mark.parametrize("notebook", LECTURE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_are_clean(notebook):
+    """Committed notebooks carry cpu-scale outputs and no machine paths."""
+    text = notebook.read_text()
+    assert not MACHINE_PATH.search(text), f"{notebook.name} shows a machine path: {MACHINE_PATH.search(text)[0]}"
+    code_cells = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    assert any(c.get("outputs") for c in code_cells), f"{notebook.name} was committed without outputs"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_ci_run_learns_within_budget(notebook, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    monkeypatch.setenv(RESULTS_ENV, str(results))
+    seconds = run_notebook(notebook, tmp_path / notebook.name, scale="ci", seed=0, results=results)
+    assert seconds < budget(notebook), f"{notebook.name} took {seconds:.0f} s at ci scale, budget {budget(notebook):.0f} s"
+    record = json.loads((results / f"{notebook.stem}.json").read_text())
+    assert record["scale"] == "ci" and record["seed"] == 0
+    for metric, floor in FLOORS[notebook.stem].items():
+        assert metric in record["metrics"], f"{notebook.name} did not report {metric!r}"
+        assert record["metrics"][metric] >= floor, f"{notebook.name}: {metric}={record['metrics'][metric]:.4g} < floor {floor}"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_lax(notebook, tmp_path):
+    env = dict(os.environ, MMCOURSE_SCALE="ci", **{RESULTS_ENV: str(tmp_path / "results")})
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--sanitize-with", str(SANITIZE),
+               "-p", "no:cacheprovider", "-q", "--rootdir", str(notebook.parent), str(notebook)]
+    done = subprocess.run(command, cwd=notebook.parent, env=env, capture_output=True, text=True,
+                          timeout=2 * budget(notebook))
+    assert done.returncode == 0, f"nbval failed on {notebook.name}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
