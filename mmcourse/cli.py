@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from .results import RESULTS_ENV, format_table, load_results, project_root
+from .paths import RESULTS_ENV, project_root
+from .results import format_table, load_results
 
 
 def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Path,

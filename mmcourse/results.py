@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS_ENV = "MMCOURSE_RESULTS_DIR"
+from .paths import results_dir
 
 # What the current process (a notebook kernel) has declared so far.
 _RUN = {"scale": None, "seed": None, "started": None}
@@ -28,22 +28,6 @@ def note_run(scale: str | None = None, seed: int | None = None) -> None:
         _RUN["scale"] = scale
     if seed is not None:
         _RUN["seed"] = int(seed)
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest folder above `start` (default: the working directory) holding `pyproject.toml`
-    and `notebooks/`; the working directory itself when there is none."""
-    start = Path(start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
-            return folder
-    return start
-
-
-def results_dir() -> Path:
-    """Where results go: $MMCOURSE_RESULTS_DIR, else <project root>/build/results."""
-    configured = os.environ.get(RESULTS_ENV)
-    return Path(configured) if configured else project_root() / "build" / "results"
 
 
 def _check_metrics(metrics) -> dict[str, float]:

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import mmcourse
-from mmcourse import cli, results
+from mmcourse import cli, paths, results
 from mmcourse.config import SCALES, course_config, resolve_scale
 from mmcourse.device import autocast, get_device, seed_everything
 
@@ -99,7 +99,7 @@ def test_env_report_names_versions_and_device():
 # --- results contract ---------------------------------------------------------------------------
 
 def test_report_writes_the_contract(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path))
     course_config("ci")
     seed_everything(3)
     path = mmcourse.report("01_demo", {"accuracy": 0.875, "n": 12, "tensor": torch.tensor(0.5)})
@@ -117,7 +117,7 @@ def test_report_writes_the_contract(tmp_path, monkeypatch, capsys):
     ({"a": "high"}, ValueError), ({"a": True}, ValueError), ({3: 1.0}, TypeError),
 ])
 def test_report_rejects_bad_metrics(metrics, error, tmp_path, monkeypatch):
-    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path))
     with pytest.raises(error, match="metrics"):
         mmcourse.report("demo", metrics)
     assert not list(tmp_path.iterdir())
@@ -125,15 +125,15 @@ def test_report_rejects_bad_metrics(metrics, error, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["", "../escape", "a/b"])
 def test_report_rejects_bad_names(name, tmp_path, monkeypatch):
-    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path))
     with pytest.raises(ValueError, match="name"):
         mmcourse.report(name, {"a": 1.0})
 
 
 def test_results_dir_defaults_to_project_build(monkeypatch):
-    monkeypatch.delenv(results.RESULTS_ENV, raising=False)
+    monkeypatch.delenv(paths.RESULTS_ENV, raising=False)
     monkeypatch.chdir(ROOT / "tests")
-    assert results.results_dir() == ROOT / "build" / "results"
+    assert paths.results_dir() == ROOT / "build" / "results"
 
 
 def test_format_table_lists_every_figure():

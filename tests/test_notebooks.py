@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from mmcourse.cli import run_notebook
-from mmcourse.results import RESULTS_ENV
+from mmcourse.paths import RESULTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
