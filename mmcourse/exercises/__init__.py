@@ -1,0 +1,26 @@
+"""Exercise checks for the course notebooks.
+
+The committed notebooks are the solution notebooks. An exercise is three cells:
+
+1. a markdown cell stating the task;
+2. a code cell whose answer sits between two marker comments, the nbgrader convention, so that
+   instructors can use nbgrader itself::
+
+       def tensor_fusion(a, b):
+           ### BEGIN SOLUTION
+           ...
+           ### END SOLUTION
+
+   `mmcourse assign` writes the student copy, where the solution becomes `raise NotImplementedError`;
+3. a check cell calling `mmcourse.exercises.check_<name>(tensor_fusion)`.
+
+Each `check_<name>` is built from the helpers here: `compare` runs the learner's function and the
+reference on fresh random inputs and compares type, shape, dtype, values and (optionally)
+gradients; `check_value` checks a single answer such as a parameter count. Both return a
+`CheckResult` that shows a check mark or a cross and one plain sentence saying what differs, with a
+hint; they never show the learner a traceback. Autograders pass `raise_on_fail=True` to get an
+`ExerciseFailed` (an AssertionError) instead.
+"""
+from .check import CheckResult, ExerciseFailed, check_value, compare, report
+
+__all__ = ["CheckResult", "ExerciseFailed", "check_value", "compare", "report"]
