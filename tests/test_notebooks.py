@@ -88,12 +88,29 @@ def test_papermill_ci_run_learns_within_budget(notebook, tmp_path, monkeypatch):
         assert record["metrics"][metric] >= floor, f"{notebook.name}: {metric}={record['metrics'][metric]:.4g} < floor {floor}"
 
 
+def run_nbval(notebook: Path, results: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MMCOURSE_SCALE="ci", **{RESULTS_ENV: str(results)})
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--sanitize-with", str(SANITIZE),
+               "-p", "no:cacheprovider", "-q", "--rootdir", str(notebook.parent), str(notebook)]
+    return subprocess.run(command, cwd=notebook.parent, env=env, capture_output=True, text=True,
+                          timeout=2 * budget(notebook))
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_nbval_lax(notebook, tmp_path):
-    env = dict(os.environ, MMCOURSE_SCALE="ci", **{RESULTS_ENV: str(tmp_path / "results")})
-    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--sanitize-with", str(SANITIZE),
-               "-p", "no:cacheprovider", "-q", "--rootdir", str(notebook.parent), str(notebook)]
-    done = subprocess.run(command, cwd=notebook.parent, env=env, capture_output=True, text=True,
-                          timeout=2 * budget(notebook))
+    done = run_nbval(notebook, tmp_path / "results")
     assert done.returncode == 0, f"nbval failed on {notebook.name}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.notebook
+def test_nbval_catches_a_changed_checked_output(tmp_path):
+    """The harness can fail: a stored output that the code no longer produces is reported."""
+    notebook = nbformat.read(FIXTURE, as_version=4)
+    checked = next(c for c in notebook.cells if "NBVAL_CHECK_OUTPUT" in c.source)
+    assert checked.outputs, "the fixture's checked cell must be committed with its output"
+    checked.outputs[0]["text"] = "['not', 'what', 'it', 'prints']\n"
+    altered = tmp_path / FIXTURE.name
+    nbformat.write(notebook, altered)
+    done = run_nbval(altered, tmp_path / "results")
+    assert done.returncode != 0 and "Cell" in done.stdout
