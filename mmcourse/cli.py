@@ -1,6 +1,8 @@
 """The `mmcourse` command: run the notebooks, draw the world, report the environment.
 
     mmcourse run [--scale auto|ci|cpu|gpu] [--only PATTERN] [--notebooks DIR] [--out DIR]
+    mmcourse assign NOTEBOOK... --out DIR
+    mmcourse grade SUBMISSION... --out grades.csv [--timeout 600]
     mmcourse world --out sheet.png [--n 12] [--seed 0] [--preset default]
     mmcourse env
 """
@@ -59,6 +61,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_assign(args) -> int:
+    from .grading import assign
+
+    for notebook in args.notebooks:
+        print(f"wrote {assign(Path(notebook), Path(args.out))}")
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from .grading import grade
+
+    grades = grade([Path(s) for s in args.submissions], Path(args.out), timeout=args.timeout)
+    width = max(len(g.submission) for g in grades)
+    for g in grades:
+        print(f"{g.submission.ljust(width)}  {g.passed}/{g.checks} checks passed  ({g.status}, {g.seconds:.0f} s)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_world(args) -> int:
     from .viz import contact_sheet
 
@@ -88,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", help="folder of notebooks (default: notebooks/ of the project)")
     run.add_argument("--out", help="output folder (default: build/ of the project)")
     run.set_defaults(handler=cmd_run)
+
+    assign = commands.add_parser("assign", help="write student copies: solutions removed, outputs cleared")
+    assign.add_argument("notebooks", nargs="+")
+    assign.add_argument("--out", required=True, help="folder for the student copies")
+    assign.set_defaults(handler=cmd_assign)
+
+    grade = commands.add_parser("grade", help="execute submissions in a fresh kernel and count passed checks")
+    grade.add_argument("submissions", nargs="+")
+    grade.add_argument("--out", default="grades.csv", help="CSV file to write")
+    grade.add_argument("--timeout", type=int, default=600, help="seconds allowed per submission")
+    grade.set_defaults(handler=cmd_grade)
 
     world = commands.add_parser("world", help="render a contact sheet of scenes with captions and questions")
     world.add_argument("--out", required=True, help="PNG file to write")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import html
 import inspect
+import json
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +23,7 @@ import torch
 from ..world.scene import check_count, check_seed
 
 GENERATORS = ("torch", "numpy")
+GRADE_LOG_ENV = "MMCOURSE_GRADE_LOG"  # set by `mmcourse grade`: where verdicts are appended
 
 HINT_NOT_IMPLEMENTED = ("Write your answer between `### BEGIN SOLUTION` and `### END SOLUTION`, "
                         "replacing `raise NotImplementedError`, then run the cell again.")
@@ -150,9 +153,18 @@ def check_value(name: str, learner_value: Any, expected: Any, atol: float = 1e-6
 
 
 def _finish(result: CheckResult, raise_on_fail: bool) -> CheckResult:
+    _log_for_grader(result)
     if raise_on_fail and not result.passed:
         raise ExerciseFailed(result.message)
     return result
+
+
+def _log_for_grader(result: CheckResult) -> None:
+    """Append the verdict to $MMCOURSE_GRADE_LOG when `mmcourse grade` runs the notebook."""
+    path = os.environ.get(GRADE_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(json.dumps({"passed": result.passed, "message": result.message}) + "\n")
 
 
 def _check_tolerance(name: str, value) -> None:
