@@ -152,3 +152,10 @@ def test_indexing_is_checked():
         data[4]
     with pytest.raises(TypeError, match="index"):
         data[1.0]
+
+
+def test_cache_key_includes_the_vocabulary(monkeypatch, tmp_path):
+    datasets.CaptionDataset(4, seed=0)
+    monkeypatch.setattr(language.Tokenizer, "fingerprint", property(lambda self: "another-vocabulary"))
+    datasets.CaptionDataset(4, seed=0)
+    assert len(list((tmp_path / "cache").glob("captions-*.npz"))) == 2

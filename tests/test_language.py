@@ -377,3 +377,16 @@ def test_irrelevant_captions_describe_nothing_in_the_scene():
 def test_bad_input(call, error, name):
     with pytest.raises(error, match=name):
         call()
+
+
+def test_prompt_templates_encode_without_unknown_words():
+    from mmcourse.world.language import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    for template in ("a photo of a {}.", "a drawing of the {}.", "a blurry photo of a {}.", "a rendering of a {}."):
+        assert tokenizer.unk_id not in tokenizer.encode(template.format("red circle"))
+
+
+def test_fingerprint_tracks_the_vocabulary():
+    assert Tokenizer(["a", "b"]).fingerprint == Tokenizer(["b", "a"]).fingerprint
+    assert Tokenizer(["a", "b"]).fingerprint != Tokenizer(["a", "c"]).fingerprint

@@ -69,8 +69,9 @@ class _CachedDataset(Dataset):
     """Holds the arrays of one spec; subclasses define `_build` and `__getitem__`."""
 
     def __init__(self, spec: dict, cache: bool):
-        self.spec = spec
-        self.arrays = cached_arrays(spec, self._build, enabled=cache)
+        # Token ids change meaning when the vocabulary does, so its fingerprint is part of the key.
+        self.spec = {**spec, "vocabulary": language.default_tokenizer().fingerprint}
+        self.arrays = cached_arrays(self.spec, self._build, enabled=cache)
 
     def _build(self) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -23,6 +23,7 @@ Spatial words follow CLEVR: A is "left of" B when A.x < B.x and "above" B when A
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 import re
 import zlib
@@ -115,16 +116,27 @@ class Tokenizer:
             out[row, :len(ids)] = ids
         return out
 
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary: token ids mean the same words wherever it is equal."""
+        return hashlib.sha256("\n".join(self.itos).encode()).hexdigest()[:12]
+
     def decode_batch(self, ids: np.ndarray) -> list[str]:
         return [self.decode(row) for row in np.asarray(ids)]
 
 
+# Words of zero-shot prompt templates in the style of CLIP's ("a photo of a {}.", "a drawing of the
+# {}."): no generator emits them, so a prompt that uses them reads as unfamiliar but not unknown text.
+PROMPT_WORDS = frozenset("a an the of this is photo picture image drawing rendering sketch painting "
+                         "cropped blurry bad good close up art shape object thing .".split())
+
+
 def world_words() -> frozenset[str]:
-    """Every word any generator of the world can emit."""
+    """Every word any generator of the world can emit, and the words of prompt templates."""
     # Imported here, not at the top: those modules may import this one for `split_words`.
     from . import affect, clips, programs
 
-    return frozenset(WORDS) | programs.WORDS | clips.WORDS | affect.WORDS
+    return frozenset(WORDS) | programs.WORDS | clips.WORDS | affect.WORDS | PROMPT_WORDS
 
 
 @lru_cache(maxsize=1)
