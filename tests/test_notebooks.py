@@ -31,6 +31,14 @@ NOTEBOOKS = LECTURE_NOTEBOOKS + [FIXTURE]
 # Headline figures each notebook must reach at ci scale: name -> {metric: floor}.
 FLOORS: dict[str, dict[str, float]] = {
     "harness_fixture": {"color_accuracy": 0.9},
+    "01_challenges": {
+        "tfn_minus_late_trimodal": 0.10, "lmf_minus_late_trimodal": 0.10,  # the ci gap
+        "acc_tfn_trimodal": 0.85, "acc_lmf_trimodal": 0.85,
+        "unimodal_worst_minus_best": -0.15,
+        "lmf_parameter_reduction": 100.0,
+        "coordinated_retrieval_r1": 0.8, "translation_model_exact": 0.8,
+        "co_learning_triangle_accuracy": 0.85, "alignment_accuracy": 0.5,
+    },
 }
 # Wall-clock budget of a ci-scale run on two cores, in seconds.
 BUDGET_S: dict[str, float] = {"01_challenges": 120.0}

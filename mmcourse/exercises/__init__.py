@@ -24,3 +24,5 @@ hint; they never show the learner a traceback. Autograders pass `raise_on_fail=T
 from .check import CheckResult, ExerciseFailed, check_value, compare, report
 
 __all__ = ["CheckResult", "ExerciseFailed", "check_value", "compare", "report"]
+from .challenges import *  # noqa
+from .representation import *  # noqa
