@@ -195,3 +195,9 @@ def test_environment_yml_mirrors_pyproject():
 def test_dependencies_are_ranges_not_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [r for r in project["dependencies"] if "==" in r]
+
+
+def test_cli_world_writes_a_contact_sheet(tmp_path, capsys):
+    out = tmp_path / "sheet.png"
+    assert cli.main(["world", "--out", str(out), "--n", "4", "--seed", "1"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in capsys.readouterr().out
