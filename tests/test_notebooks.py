@@ -39,6 +39,14 @@ FLOORS: dict[str, dict[str, float]] = {
         "coordinated_retrieval_r1": 0.8, "translation_model_exact": 0.8,
         "co_learning_triangle_accuracy": 0.85, "alignment_accuracy": 0.5,
     },
+    # ci scale: each figure clearly above chance (chance: 1/6 colours, 1/3 shapes, 1/6 held-out
+    # names, about 1/1000 for retrieval R@1, about 1/3 boxes for grounding).
+    "02_representation": {
+        "zero_shot_held_out_accuracy": 0.5, "zero_shot_color_accuracy": 0.6, "zero_shot_shape_accuracy": 0.5,
+        "i2t_recall_at_1": 0.15, "t2i_recall_at_1": 0.15, "arithmetic_accuracy": 0.4,
+        "ensemble_minus_single": -0.05, "grounding_accuracy_unseen": 0.4, "lseg_miou_unseen": 0.15,
+        "devise_error_closeness": 0.0,
+    },
 }
 # Wall-clock budget of a ci-scale run on two cores, in seconds.
 BUDGET_S: dict[str, float] = {"01_challenges": 120.0}

@@ -1,0 +1,2 @@
+"""Data and measurements for the notebooks' experiments, one module per notebook, around the models
+of `mmcourse.models` (which know nothing of these)."""
