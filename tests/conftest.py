@@ -18,3 +18,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a loaded two-core machine: one torch thread is many times faster than two
+    that wait for each other. Restores the previous count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -182,22 +182,18 @@ def test_model_refuses_bad_construction():
         CLIP(encoder.image_encoder, encoder.image_encoder, 8)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_short_training_run_aligns_images_and_captions():
     """~160 steps on 128 pairs: the model learns to match them far above chance (1/128 for R@1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is faster than two contending ones
-    try:
-        dataset = CaptionDataset(128, seed=0, image_size=32, cache=False)
-        torch.manual_seed(0)
-        model = small_clip(image_size=32, width=32, embed_dim=32, vision="cnn", depth=1)
-        loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-        history = fit(model, loader, clip_training_loss, epochs=40, lr=3e-3, device="cpu", progress=False)
-        model.eval()
-        batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))
-        with torch.no_grad():
-            similarity = similarity_matrix(model.encode_image(batch["image"]), model.encode_text(batch["tokens"]))
-    finally:
-        torch.set_num_threads(threads)
+    dataset = CaptionDataset(128, seed=0, image_size=32, cache=False)
+    torch.manual_seed(0)
+    model = small_clip(image_size=32, width=32, embed_dim=32, vision="cnn", depth=1)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    history = fit(model, loader, clip_training_loss, epochs=40, lr=3e-3, device="cpu", progress=False)
+    model.eval()
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    with torch.no_grad():
+        similarity = similarity_matrix(model.encode_image(batch["image"]), model.encode_text(batch["tokens"]))
     recalls = retrieval_recalls(similarity.numpy(), ks=(1,))
     assert history["train_loss"][-1] < history["train_loss"][0] - 1.0
     assert history["accuracy"][-1] > 0.5 and {"logit_scale", "accuracy"} <= set(history.names())

@@ -12,17 +12,10 @@ from mmcourse.world import describe, render, sample_scenes
 from mmcourse.world.datasets import images_to_tensor
 from mmcourse.world.scene import PRESETS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
+
 COLORS = PRESETS["default"].colors
 SHAPES = PRESETS["default"].shapes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a loaded two-core machine: one thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,13 @@ from mmcourse.train import fit
 from mmcourse.world import datasets, describe_with_spans, render, sample_scenes
 from mmcourse.world.language import default_tokenizer, refer_with_spans
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
+
 TOKENIZER = default_tokenizer()
 MAX_OBJECTS = 6  # the default preset's
 # Colour-shape pairs no training caption names together; each colour once, each shape twice.
 HELD_OUT = {("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle"),
             ("purple", "square"), ("cyan", "triangle")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a loaded two-core machine: one thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_grounder(stages=2, seed=0):

@@ -16,21 +16,14 @@ from mmcourse.world import datasets
 from mmcourse.world.language import default_tokenizer
 from mmcourse.world.scene import PRESETS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
+
 TOKENIZER = default_tokenizer()
 COLORS, SHAPES = PRESETS["default"].colors, PRESETS["default"].shapes
 PAIRS = [(c, s) for c in range(len(COLORS)) for s in range(len(SHAPES))]  # codes of "red circle", ...
 HELD_OUT = [(0, 0), (1, 1), (2, 2), (3, 0), (4, 1), (5, 2)]  # each colour once, each shape twice
 SEEN = [pair for pair in PAIRS if pair not in HELD_OUT]
 DIM = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a loaded two-core machine: one thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class WordSum(nn.Module):
