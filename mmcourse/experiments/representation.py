@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ..world.datasets import images_to_tensor
 from ..world.language import Caption, default_tokenizer, describe_with_spans, split_words
-from ..world.render import render
+from ..world.render import render_batch
 from ..world.scene import Scene, check_count, check_seed, get_preset, sample_scenes, scene_rng
 
 Pair = tuple[str, str]  # (colour, shape)
@@ -202,10 +202,7 @@ def phrase_queries(scenes: Sequence[Scene], pairs: Sequence[Pair]) -> list[tuple
 
 def render_images(scenes: Sequence[Scene], image_size: int) -> torch.Tensor:
     """(N, 3, H, W) float images in [0, 1] of `scenes`."""
-    image_size = check_count("image_size", image_size, 1)
-    if not scenes:
-        raise ValueError("scenes is empty; expected at least one Scene")
-    return images_to_tensor(np.stack([render(scene, image_size).image for scene in scenes]))
+    return images_to_tensor(render_batch(list(scenes), check_count("image_size", image_size, 1)))
 
 
 class PairDataset(Dataset):
@@ -228,7 +225,7 @@ class PairDataset(Dataset):
         self.captions_per_scene = per_scene.pop()
         self.texts = [list(texts) for texts in captions]
         image_size = check_count("image_size", image_size, 1)
-        self.images = np.stack([render(scene, image_size).image for scene in scenes])  # (N, H, W, 3) uint8
+        self.images = render_batch(list(scenes), image_size)  # (N, H, W, 3) uint8
         flat = [text for texts in self.texts for text in texts]
         self.tokens = default_tokenizer().encode_batch(flat, check_count("max_length", max_length, 2), "bos_eos")
 
