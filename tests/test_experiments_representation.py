@@ -7,9 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmcourse.experiments import representation as rep
-from mmcourse.models.clip import small_clip
+from mmcourse.models.clip import clip_loss, small_clip
 from mmcourse.world.language import Caption, default_tokenizer, describe_with_spans, split_words
 from mmcourse.world.scene import PRESETS, Scene, SceneObject
 
@@ -282,3 +283,47 @@ def test_pca_2d_keeps_the_main_separation():
     assert abs(float(a[:, 0].mean() - b[:, 0].mean())) > 4.5  # the first axis is the separation
     with pytest.raises(ValueError, match="at least one"):
         rep.pca_2d()
+
+
+def unit_rows(batch, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(batch, dim, generator=generator), dim=1)
+
+
+def test_grouped_clip_loss_is_the_mean_of_the_groups_losses():
+    image, text = unit_rows(12, seed=1), unit_rows(12, seed=2)
+    scale = torch.tensor(10.0, requires_grad=True)
+    expected = torch.stack([clip_loss(image[i:i + 4], text[i:i + 4], scale) for i in (0, 4, 8)]).mean()
+    grouped = rep.grouped_clip_loss(image, text, scale, 4)
+    torch.testing.assert_close(grouped, expected)
+    grouped.backward()
+    assert scale.grad is not None and scale.grad != 0
+
+
+def test_grouped_clip_loss_at_its_ends():
+    image, text = unit_rows(6, seed=3), unit_rows(6, seed=4)
+    torch.testing.assert_close(rep.grouped_clip_loss(image, text, 5.0, 6), clip_loss(image, text, 5.0))
+    assert float(rep.grouped_clip_loss(image, text, 5.0, 1)) == 0.0  # one candidate: nothing to tell apart
+
+
+def test_fewer_negatives_make_an_easier_loss_for_a_blind_model():
+    """Identical features everywhere: each group's loss is log(group size)."""
+    same = F.normalize(torch.ones(16, 4), dim=1)
+    for group in (2, 4, 16):
+        assert float(rep.grouped_clip_loss(same, same, 1.0, group)) == pytest.approx(np.log(group), abs=1e-5)
+
+
+def test_grouped_clip_loss_refuses_bad_groups():
+    image, text = unit_rows(6), unit_rows(6, seed=5)
+    with pytest.raises(ValueError, match="group_size=4 does not divide the batch of 6"):
+        rep.grouped_clip_loss(image, text, 1.0, 4)
+    with pytest.raises(ValueError, match="group_size"):
+        rep.grouped_clip_loss(image, text, 1.0, 0)
+    with pytest.raises(ValueError, match="group_size"):
+        rep.grouped_clip_training_loss(0)
+
+
+def test_grouped_clip_training_loss_drives_fit(tiny_clip):
+    batch = {"image": torch.rand(4, 3, 32, 32), "tokens": tiny_clip.tokenize(["a red circle"] * 4)}
+    loss, logged = rep.grouped_clip_training_loss(2)(tiny_clip, batch)
+    assert loss.dim() == 0 and loss.requires_grad and set(logged) == {"logit_scale"}

@@ -9,6 +9,8 @@ This module holds what the experiments need around them:
   a training caption, although both words (and the objects themselves) are seen.
 - Image-caption pairs of world scenes: a caption that lists every object (it identifies its scene,
   for retrieval) plus the world's own captions, which name a few attributes at a time.
+- The number of negatives on its own: a CLIP loss over groups of a batch (`grouped_clip_loss`),
+  so two runs can share every batch and step and differ only in how many negatives a pair meets.
 - Measurements: the label-space distance of DeViSE's mistakes (Frome et al. 2013 argue that its
   errors are "more semantically reasonable"), embedding arithmetic (the multimodal analogies of
   Kiros et al. 2014), and the modality gap between image and text embeddings (Liang et al. 2022,
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..models.clip import clip_loss
 from ..world.datasets import images_to_tensor
 from ..world.language import Caption, default_tokenizer, describe_with_spans, split_words
 from ..world.render import render_batch
@@ -378,3 +381,40 @@ def pca_2d(*feature_sets: torch.Tensor) -> list[torch.Tensor]:
     _, _, right = torch.linalg.svd(centred, full_matrices=False)  # rows of `right`: principal axes
     projected = centred @ right[:2].T  # (sum N_i, 2)
     return list(projected.split([len(features) for features in feature_sets]))
+
+
+# --------------------------------------------------------------------------------------------
+# Negatives
+# --------------------------------------------------------------------------------------------
+
+
+def grouped_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                      logit_scale: torch.Tensor | float, group_size: int) -> torch.Tensor:
+    """`clip_loss` of each run of `group_size` consecutive pairs, averaged over the runs.
+
+    (B, D) L2-normalised features, B a multiple of `group_size`. Every pair meets only the
+    `group_size - 1` other pairs of its group as negatives, so runs with different group sizes can
+    share every batch, step and learning rate: the number of negatives is the only difference.
+    `group_size == B` is `clip_loss`; `group_size == 1` is 0 (nothing to tell apart).
+    """
+    group_size = check_count("group_size", group_size, 1)
+    batch = len(image_features)
+    if batch % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the batch of {batch} pairs; choose a batch "
+                         f"size that is a multiple of it (and drop a last, shorter batch)")
+    return torch.stack([clip_loss(image_features[start:start + group_size], text_features[start:start + group_size],
+                                  logit_scale)
+                        for start in range(0, batch, group_size)]).mean()
+
+
+def grouped_clip_training_loss(group_size: int):
+    """A `fit` loss_fn for the course's CLIP over {"image", "tokens"} batches: `grouped_clip_loss`
+    with `group_size`, logging the logit scale."""
+    group_size = check_count("group_size", group_size, 1)
+
+    def loss_fn(model, batch: dict):
+        image_features, text_features, logit_scale = model(batch["image"], batch["tokens"])  # (B, D), (B, D), ()
+        return grouped_clip_loss(image_features, text_features, logit_scale, group_size), {
+            "logit_scale": logit_scale.detach()}
+
+    return loss_fn
