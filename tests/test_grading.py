@@ -1,11 +1,12 @@
 """Handing out and grading exercises: solutions stripped, submissions run in a copy, checks counted."""
 import csv
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from mmcourse import cli
-from mmcourse.grading import assign, grade, strip_solutions
+from mmcourse.grading import assign, count_check_cells, grade, strip_solutions
 
 SOLUTION = """def double(x):
     \"\"\"Twice x.\"\"\"
@@ -87,3 +88,23 @@ def test_cli_assign(tmp_path, capsys):
     source = make_solution_notebook(tmp_path / "ex.ipynb")
     assert cli.main(["assign", str(source), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "ex.ipynb").exists() and "wrote" in capsys.readouterr().out
+
+
+LECTURE_NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+MIN_EXERCISES = {"01_challenges": 3, "02_representation": 4}  # as their issues asked
+
+
+@pytest.mark.parametrize("notebook", LECTURE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_lecture_notebooks_hand_out_their_exercises(notebook, tmp_path):
+    """Every lecture notebook holds its exercises, each answer followed by the check cell that grades
+    it, and its student copy keeps no answer."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    answers = [i for i, cell in enumerate(cells) if cell.cell_type == "code" and "### BEGIN SOLUTION" in cell.source]
+    assert len(answers) >= MIN_EXERCISES.get(notebook.stem, 3), f"{notebook.name} has {len(answers)} exercises"
+    for i in answers:
+        following = next(cell for cell in cells[i + 1:] if cell.cell_type == "code")
+        assert "mmcourse.exercises.check_" in following.source, f"{notebook.name}: no check after cell {i}"
+    assert count_check_cells(notebook) >= len(answers)
+    student = nbformat.read(assign(notebook, tmp_path), as_version=4)
+    assert not any("### BEGIN SOLUTION" in cell.source for cell in student.cells if cell.cell_type == "code")
+    assert sum("raise NotImplementedError" in cell.source for cell in student.cells) >= len(answers)
