@@ -321,6 +321,8 @@ def test_grouped_clip_loss_refuses_bad_groups():
         rep.grouped_clip_loss(image, text, 1.0, 0)
     with pytest.raises(ValueError, match="group_size"):
         rep.grouped_clip_training_loss(0)
+    with pytest.raises(ValueError, match="expected the same"):  # extra texts are not silently dropped
+        rep.grouped_clip_loss(image, unit_rows(8, seed=6), 1.0, 2)
 
 
 def test_grouped_clip_training_loss_drives_fit(tiny_clip):

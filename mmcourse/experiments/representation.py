@@ -398,6 +398,10 @@ def grouped_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     `group_size == B` is `clip_loss`; `group_size == 1` is 0 (nothing to tell apart).
     """
     group_size = check_count("group_size", group_size, 1)
+    if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor) \
+            or image_features.shape != text_features.shape:
+        raise ValueError(f"image_features has shape {tuple(getattr(image_features, 'shape', ()))} and text_features "
+                         f"{tuple(getattr(text_features, 'shape', ()))}; expected the same (B, D), pair i in row i")
     batch = len(image_features)
     if batch % group_size:
         raise ValueError(f"group_size={group_size} does not divide the batch of {batch} pairs; choose a batch "
