@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 
 def check_tensor(name: str, value, ndim: int, floating: bool | None = None) -> torch.Tensor:
@@ -189,3 +190,37 @@ class TextTransformer(nn.Module):
         h, padding = self.tokens(ids)
         last = (~padding).long().cumsum(1).argmax(1)  # (B,) index of the last real token
         return h[torch.arange(len(ids), device=ids.device), last]  # (B, width)
+
+
+class RegionEncoder(nn.Module):
+    """Object features from given boxes: the course's stand-in for a Faster R-CNN detector.
+
+    (B, 3, H, W) images and (B, K, 4) xyxy pixel boxes -> (B, K, width). A `ConvImageEncoder`'s
+    feature map is RoI-Aligned (He et al. 2017) to a `roi_size` x `roi_size` grid per box, flattened
+    and projected; the box's geometry (x1, y1, x2, y2 as fractions of the image side, and its area)
+    is embedded and added, the "position" of a region in VisualBERT, ViLBERT and bottom-up attention
+    (Anderson et al. 2018). The world's ground-truth boxes play the detector's proposals, so a
+    model built on these features only has to learn *what* is in each box.
+    """
+
+    def __init__(self, width: int, roi_size: int = 3, stages: int = 3):
+        super().__init__()
+        self.backbone = ConvImageEncoder(width, stages)
+        self.roi_size = roi_size
+        self.appearance = nn.Sequential(nn.Linear(width * roi_size ** 2, width), nn.GELU(), nn.Linear(width, width))
+        self.geometry = nn.Linear(5, width)
+        self.width = width
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        check_tensor("boxes", boxes, 3, floating=True)
+        if boxes.shape[0] != len(images) or boxes.shape[2] != 4:
+            raise ValueError(f"boxes has shape {tuple(boxes.shape)}; expected ({len(images)}, K, 4) xyxy pixel "
+                             "boxes, one row of K boxes per image")
+        feature_map = self.backbone.feature_map(images)  # (B, width, h, w)
+        pooled = roi_align(feature_map, list(boxes.to(feature_map.dtype)), output_size=self.roi_size,
+                           spatial_scale=1.0 / self.backbone.stride, sampling_ratio=2,
+                           aligned=True)  # (B * K, width, roi, roi)
+        appearance = self.appearance(pooled.flatten(1)).view(*boxes.shape[:2], -1)  # (B, K, width)
+        corners = boxes / images.shape[-1]  # (B, K, 4) in [0, 1]
+        area = ((corners[..., 2] - corners[..., 0]) * (corners[..., 3] - corners[..., 1]))[..., None]  # (B, K, 1)
+        return appearance + self.geometry(torch.cat([corners, area], -1))  # (B, K, width)

@@ -1,0 +1,262 @@
+"""Transformer building blocks that show their attention: the shared parts of notebook 03's models.
+
+Every alignment model of the lecture (VisualBERT, ViLBERT, ViLT, ALBEF, BLIP, MulT) is made of the
+same few pieces, written once here with the equations in plain sight (Vaswani et al. 2017):
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head)) V,   Q = x W_q,  K = c W_k,  V = c W_v
+
+- `MultiHeadAttention`: self-attention when the context `c` is the input `x` itself, *cross*-attention
+  when `c` comes from another modality (queries from one modality, keys and values from the other:
+  Tsai et al. 2019). It returns the attention weights (B, heads, L_query, L_key) beside its output,
+  because reading them is what notebook 03 is about. A padded key gets exactly zero weight.
+- `TransformerLayer`: self-attention, optional cross-attention to a context, and an MLP, each in a
+  residual branch; `norm_first=True` is the pre-norm layer of ViT and ViLT, `norm_first=False` the
+  post-norm layer of BERT and VisualBERT. The last weights stay readable (`self_attention_weights`,
+  `cross_attention_weights`) and keep their gradient, which Grad-CAM (ALBEF) needs.
+- `TransformerEncoder`: a stack of such layers.
+- `PatchEmbedding`: ViT's linear patch embedding, a convolution with stride = kernel = patch size.
+- `mask_tokens`: BERT's masking for masked language modelling (Devlin et al. 2019): 15% of the
+  real tokens are chosen; of those 80% become `<mask>`, 10% a random word, 10% stay.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoders import check_tensor
+
+IGNORE_INDEX = -100  # label of a position that the MLM loss skips (F.cross_entropy's default)
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V over `heads` heads; queries from `x`, keys/values from `context`."""
+
+    def __init__(self, width: int, heads: int, context_width: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        _check_width_heads(width, heads)
+        context_width = width if context_width is None else context_width
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(context_width, width)
+        self.value = nn.Linear(context_width, width)
+        self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+        self.width, self.heads = width, heads
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None,
+                causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output (B, Lq, D), weights (B, heads, Lq, Lk)); `key_padding_mask` (B, Lk) is True at
+        padded keys, `causal` lets query i see keys 0..i only (self-attention)."""
+        context = x if context is None else context
+        _check_attention_inputs(x, context, key_padding_mask, self.width)
+        q = self._split(self.query(x))  # (B, H, Lq, d)
+        k = self._split(self.key(context))  # (B, H, Lk, d)
+        v = self._split(self.value(context))  # (B, H, Lk, d)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+        blocked = _blocked_keys(key_padding_mask, causal, scores.shape[-2:], scores.device)  # broadcastable to scores
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
+        weights = scores.softmax(-1)  # (B, H, Lq, Lk), rows sum to one over the keys
+        output = self.dropout(weights) @ v  # (B, H, Lq, d)
+        return self.out(output.transpose(1, 2).flatten(2)), weights  # (B, Lq, D), (B, H, Lq, Lk)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, L, D) -> (B, H, L, D / H)
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention [+ cross-attention to a context] + MLP, residual, pre- or post-norm.
+
+    pre-norm (ViT, ViLT):   x = x + Attn(LN(x));           x = x + MLP(LN(x))
+    post-norm (BERT):       x = LN(x + Attn(x));           x = LN(x + MLP(x))
+    """
+
+    def __init__(self, width: int, heads: int, mlp_width: int | None = None, norm_first: bool = True,
+                 eps: float = 1e-5, cross_attention: bool = False, context_width: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.attention = MultiHeadAttention(width, heads, dropout=dropout)
+        self.attention_norm = nn.LayerNorm(width, eps=eps)
+        self.cross = MultiHeadAttention(width, heads, context_width, dropout) if cross_attention else None
+        self.cross_norm = nn.LayerNorm(width, eps=eps) if cross_attention else None
+        mlp_width = 4 * width if mlp_width is None else mlp_width
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_width), nn.GELU(), nn.Linear(mlp_width, width))
+        self.mlp_norm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+        self.self_attention_weights: torch.Tensor | None = None  # (B, H, L, L) of the last call
+        self.cross_attention_weights: torch.Tensor | None = None  # (B, H, L, Lc) of the last call
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, causal: bool = False,
+                context: torch.Tensor | None = None,
+                context_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); `padding_mask` (B, L) and `context_padding_mask` (B, Lc) are True at padding."""
+        if (context is None) != (self.cross is None):
+            raise ValueError("context must be given exactly when the layer has cross-attention "
+                             f"(cross_attention={self.cross is not None}), got context={'a tensor' if context is not None else None}")
+        x, self.self_attention_weights = self._residual(
+            x, self.attention_norm, lambda h: self.attention(h, None, padding_mask, causal))
+        if self.cross is not None:
+            x, self.cross_attention_weights = self._residual(
+                x, self.cross_norm, lambda h: self.cross(h, context, context_padding_mask))
+        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+        return x
+
+    def _residual(self, x, norm, branch):
+        if self.norm_first:
+            update, weights = branch(norm(x))
+            return x + self.dropout(update), weights
+        update, weights = branch(x)
+        return norm(x + self.dropout(update)), weights
+
+
+class TransformerEncoder(nn.Module):
+    """`depth` `TransformerLayer`s; `final_norm` adds a LayerNorm at the end (pre-norm stacks need it)."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_width: int | None = None, norm_first: bool = True,
+                 eps: float = 1e-5, cross_attention: bool = False, context_width: int | None = None,
+                 final_norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        _check_positive_int("depth", depth)
+        self.layers = nn.ModuleList(TransformerLayer(width, heads, mlp_width, norm_first, eps, cross_attention,
+                                                     context_width, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=eps) if final_norm else nn.Identity()
+        self.width = width
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, causal: bool = False,
+                context: torch.Tensor | None = None,
+                context_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, padding_mask, causal, context, context_padding_mask)
+        return self.norm(x)
+
+    def self_attention_weights(self) -> list[torch.Tensor]:
+        """The last call's self-attention weights, one (B, H, L, L) tensor per layer."""
+        return [layer.self_attention_weights for layer in self.layers]
+
+    def cross_attention_weights(self) -> list[torch.Tensor]:
+        """The last call's cross-attention weights, one (B, H, L, Lc) tensor per layer."""
+        return [layer.cross_attention_weights for layer in self.layers]
+
+
+class PatchEmbedding(nn.Module):
+    """(B, C, H, W) -> (B, N, width), N = (H / patch)(W / patch) patches in row-major order (ViT)."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, in_channels: int = 3):
+        super().__init__()
+        _check_positive_int("patch_size", patch_size)
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+        self.projection = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid ** 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_tensor("images", images, 4, floating=True)
+        expected = (self.projection.in_channels, self.image_size, self.image_size)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images has shape {tuple(images.shape)}; expected (B, {', '.join(map(str, expected))})")
+        return self.projection(images).flatten(2).transpose(1, 2)  # (B, N, width)
+
+
+def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids: tuple[int, ...],
+                probability: float = 0.15, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's MLM corruption: (inputs (B, L), labels (B, L)).
+
+    Each token whose id is not in `special_ids` (padding, `<bos>`, `<cls>`...) is chosen with
+    `probability`; a chosen token becomes `mask_id` 80% of the time, a random word (an id outside
+    `special_ids`) 10% and stays 10%. `labels` holds the original id at chosen positions and
+    `IGNORE_INDEX` elsewhere, so `F.cross_entropy(logits.transpose(1, 2), labels)` scores only them.
+    Every row with a real token gets at least one chosen position, so no batch is wasted.
+    """
+    check_tensor("ids", ids, 2, floating=False)
+    if not 0 < probability <= 1:
+        raise ValueError(f"probability must be in (0, 1], got {probability!r}")
+    candidates = torch.ones_like(ids, dtype=torch.bool)
+    for special in special_ids:
+        candidates &= ids != special
+    draw = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)  # (B, L)
+    chosen = (draw < probability) & candidates
+    # A row with real tokens but none chosen gets its most likely candidate (the smallest draw).
+    fallback = draw.masked_fill(~candidates, 2.0).argmin(1)  # (B,)
+    empty = ~chosen.any(1) & candidates.any(1)
+    chosen[empty, fallback[empty]] = True
+    labels = ids.masked_fill(~chosen, IGNORE_INDEX)
+    action = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)  # (B, L)
+    inputs = ids.masked_fill(chosen & (action < 0.8), mask_id)
+    words = _non_special_ids(vocab_size, special_ids + (mask_id,), ids.device)
+    random_words = words[torch.randint(len(words), ids.shape, generator=generator, device="cpu").to(ids.device)]
+    replace = chosen & (action >= 0.8) & (action < 0.9)
+    return torch.where(replace, random_words, inputs), labels
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, L, V) `logits` at the positions where (B, L) `labels` != IGNORE_INDEX."""
+    check_tensor("logits", logits, 3, floating=True)
+    check_tensor("labels", labels, 2, floating=False)
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits has shape {tuple(logits.shape)} but labels {tuple(labels.shape)}; "
+                         "expected (B, L, V) and (B, L)")
+    if not (labels != IGNORE_INDEX).any():
+        raise ValueError("labels has no position to predict (all IGNORE_INDEX); mask at least one token")
+    return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _non_special_ids(vocab_size: int, special_ids: tuple[int, ...], device) -> torch.Tensor:
+    words = torch.ones(vocab_size, dtype=torch.bool)
+    words[[i for i in special_ids if 0 <= i < vocab_size]] = False
+    if not words.any():
+        raise ValueError(f"vocab_size={vocab_size} leaves no word outside special_ids={special_ids}")
+    return words.nonzero().squeeze(1).to(device)
+
+
+def _blocked_keys(key_padding_mask, causal: bool, shape: tuple[int, int], device) -> torch.Tensor | None:
+    """Bool mask broadcastable to (B, H, Lq, Lk): True where a query may not look."""
+    blocked = None
+    if key_padding_mask is not None:
+        blocked = key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:
+        future = torch.ones(shape, dtype=torch.bool, device=device).triu(1)  # (Lq, Lk)
+        blocked = future if blocked is None else blocked | future
+    return blocked
+
+
+def _check_attention_inputs(x, context, key_padding_mask, width: int) -> None:
+    check_tensor("x", x, 3, floating=True)
+    check_tensor("context", context, 3, floating=True)
+    if x.shape[-1] != width:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, L, {width})")
+    if len(context) != len(x):
+        raise ValueError(f"context has batch size {len(context)} but x has {len(x)}; expected one context per query row")
+    if key_padding_mask is None:
+        return
+    if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be a bool tensor (True at padding), "
+                        f"got {getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")
+    if tuple(key_padding_mask.shape) != tuple(context.shape[:2]):
+        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
+                         f"{tuple(context.shape[:2])}, one flag per key")
+    if key_padding_mask.all(1).any():
+        raise ValueError("key_padding_mask hides every key of some row; each query needs a key to attend to")
+
+
+def _check_width_heads(width, heads) -> None:
+    _check_positive_int("width", width)
+    _check_positive_int("heads", heads)
+    if width % heads:
+        raise ValueError(f"width={width} must be a multiple of heads={heads}")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
