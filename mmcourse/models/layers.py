@@ -32,6 +32,22 @@ from .encoders import check_tensor
 IGNORE_INDEX = -100  # label of a position that the MLM loss skips (F.cross_entropy's default)
 
 
+def attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+              blocked: torch.Tensor | None = None, dropout: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(d)) V: (output (..., Lq, d), weights (..., Lq, Lk)).
+
+    `queries` (..., Lq, d), `keys` and `values` (..., Lk, d); `blocked` is a bool mask broadcastable
+    to (..., Lq, Lk), True where a query may not look (a padded key, a future token): those weights
+    are exactly zero.
+    """
+    scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])  # (..., Lq, Lk)
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, float("-inf"))
+    weights = scores.softmax(-1)  # (..., Lq, Lk): each query's weights sum to one over the keys
+    output = (dropout(weights) if dropout is not None else weights) @ values  # (..., Lq, d)
+    return output, weights
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(d)) V over `heads` heads; queries from `x`, keys/values from `context`."""
 
@@ -56,12 +72,8 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.query(x))  # (B, H, Lq, d)
         k = self._split(self.key(context))  # (B, H, Lk, d)
         v = self._split(self.value(context))  # (B, H, Lk, d)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
-        blocked = _blocked_keys(key_padding_mask, causal, scores.shape[-2:], scores.device)  # broadcastable to scores
-        if blocked is not None:
-            scores = scores.masked_fill(blocked, float("-inf"))
-        weights = scores.softmax(-1)  # (B, H, Lq, Lk), rows sum to one over the keys
-        output = self.dropout(weights) @ v  # (B, H, Lq, d)
+        blocked = _blocked_keys(key_padding_mask, causal, (q.shape[-2], k.shape[-2]), q.device)
+        output, weights = attention(q, k, v, blocked, self.dropout)  # (B, H, Lq, d), (B, H, Lq, Lk)
         return self.out(output.transpose(1, 2).flatten(2)), weights  # (B, Lq, D), (B, H, Lq, Lk)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
