@@ -17,6 +17,8 @@ same few pieces, written once here with the equations in plain sight (Vaswani et
 - `PatchEmbedding`: ViT's linear patch embedding, a convolution with stride = kernel = patch size.
 - `mask_tokens`: BERT's masking for masked language modelling (Devlin et al. 2019): 15% of the
   real tokens are chosen; of those 80% become `<mask>`, 10% a random word, 10% stay.
+- `mismatched_partners`: for image-text matching (ITM), the index of another row of the batch for
+  every row (a random permutation without fixed points), whose text is a negative for this image.
 """
 from __future__ import annotations
 
@@ -217,6 +219,18 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not (labels != IGNORE_INDEX).any():
         raise ValueError("labels has no position to predict (all IGNORE_INDEX); mask at least one token")
     return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
+
+
+def mismatched_partners(batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch_size,) long: row i gets j != i, a uniformly random shift of a random permutation, so
+    that `texts[partners]` pairs every image with a caption of another image (an ITM negative)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2 (a row needs another row to pair with), got {batch_size!r}")
+    order = torch.randperm(batch_size, generator=generator)  # a random cycle through the rows
+    shift = int(torch.randint(1, batch_size, (1,), generator=generator))
+    partners = torch.empty(batch_size, dtype=torch.long)
+    partners[order] = order.roll(-shift)  # order[k] is paired with order[k + shift]
+    return partners
 
 
 # --------------------------------------------------------------------------------------------
