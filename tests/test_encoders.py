@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmcourse.models.encoders import (ConvImageEncoder, ConvSequenceEncoder, TextTransformer, ViTEncoder,
+from mmcourse.models.encoders import (ConvImageEncoder, ConvSequenceEncoder, RegionEncoder, TextTransformer, ViTEncoder,
                                       masked_mean)
 
 
@@ -65,3 +65,26 @@ def test_text_transformer_is_causal_and_pools_the_last_token():
 def test_bad_input_is_named(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+def test_region_encoder_reads_each_box_and_its_place():
+    torch.manual_seed(0)
+    encoder = RegionEncoder(16).eval()
+    images = torch.rand(2, 3, 32, 32)
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [16.0, 16.0, 30.0, 30.0]]] * 2)
+    regions = encoder(images, boxes)
+    assert regions.shape == (2, 2, 16)
+    changed = images.clone()
+    changed[:, :, 16:, 16:] = 0.0  # only the second box's pixels change
+    after = encoder(changed, boxes)
+    assert not torch.allclose(after[:, 1], regions[:, 1])
+    moved = encoder(images, boxes + torch.tensor([1.0, 0.0, 1.0, 0.0]))  # same size, other place
+    assert not torch.allclose(moved[:, 0], regions[:, 0])
+
+
+def test_region_encoder_refuses_bad_boxes():
+    encoder = RegionEncoder(8)
+    with pytest.raises(ValueError, match=r"expected \(2, K, 4\)"):
+        encoder(torch.rand(2, 3, 32, 32), torch.zeros(3, 1, 4))
+    with pytest.raises(ValueError, match="boxes must have 3 dimensions"):
+        encoder(torch.rand(2, 3, 32, 32), torch.zeros(2, 4))
