@@ -99,7 +99,7 @@ class _Mismatch(Exception):
 def compare(learner_fn: Callable, reference_fn: Callable, make_inputs: Callable, trials: int = 5,
             seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4, check_grad: bool = False,
             name: str | None = None, hint: str | None = None, generator: str = "torch",
-            raise_on_fail: bool = False) -> CheckResult:
+            raise_on_fail: bool = False, mistakes: dict[str, Callable] | None = None) -> CheckResult:
     """Run `learner_fn` and `reference_fn` on `trials` fresh random inputs and compare what they return.
 
     `make_inputs(gen)` builds one trial's inputs from `gen`, a `torch.Generator` (or a
@@ -110,6 +110,9 @@ def compare(learner_fn: Callable, reference_fn: Callable, make_inputs: Callable,
     type, shape, dtype and values must match within `atol + rtol * |expected|`. With `check_grad`,
     the gradients of a fixed random projection of the outputs w.r.t. every floating input tensor
     that requires grad must match too. `hint` replaces the default hint of a failed check.
+    `mistakes` maps a sentence naming a typical mistake ("the softmax runs over the queries, not
+    the keys") to a function that makes it: when the learner's values differ from the reference's
+    but equal that function's on the same inputs, the verdict says that sentence.
     """
     for arg_name, fn in (("reference_fn", reference_fn), ("make_inputs", make_inputs)):
         if not callable(fn):
@@ -121,8 +124,11 @@ def compare(learner_fn: Callable, reference_fn: Callable, make_inputs: Callable,
     if generator not in GENERATORS:
         raise ValueError(f"generator={generator!r} is unknown; expected one of {GENERATORS}")
     name = name or getattr(learner_fn, "__name__", None) or "your function"
+    mistakes = dict(mistakes or {})
+    if not all(isinstance(k, str) and callable(v) for k, v in mistakes.items()):
+        raise TypeError("mistakes must map sentences (str) to functions that make that mistake")
     result = _compare_trials(learner_fn, reference_fn, make_inputs, trials, seed, atol, rtol, check_grad,
-                             name, hint, generator)
+                             name, hint, generator, mistakes)
     return _finish(result, raise_on_fail)
 
 
@@ -187,7 +193,7 @@ def _as_number(value):
 
 
 def _compare_trials(learner_fn, reference_fn, make_inputs, trials, seed, atol, rtol, check_grad, name, hint,
-                    generator) -> CheckResult:
+                    generator, mistakes) -> CheckResult:
     if not callable(learner_fn):
         return CheckResult(False, f"{name}: expected a function, got {_a(learner_fn)}.",
                            HINT_NOT_CALLABLE)
@@ -208,11 +214,25 @@ def _compare_trials(learner_fn, reference_fn, make_inputs, trials, seed, atol, r
             if check_grad:
                 _compare_gradients(got, expected_grads, arg_names, atol, rtol)
         except _Mismatch as mismatch:
-            return CheckResult(False, f"{name}: {mismatch.detail}.", hint or HINT_BY_KIND[mismatch.kind])
+            known = _known_mistake(got.output, mistakes, inputs, trial_seed, atol, rtol)
+            detail = f"{mismatch.detail}; {known}" if known else mismatch.detail
+            return CheckResult(False, f"{name}: {detail}.", hint or HINT_BY_KIND[mismatch.kind])
         except Exception as error:  # raised by the learner's backward pass
             return _exception_result(name, error)
     checked = "values and gradients" if check_grad else "values"
     return CheckResult(True, f"{name} matches the reference ({checked}) on {trials} random inputs.")
+
+
+def _known_mistake(output, mistakes: dict[str, Callable], inputs, trial_seed: int, atol: float,
+                   rtol: float) -> str | None:
+    """The sentence of the first mistake whose function returns what the learner returned."""
+    for sentence, mistaken_fn in mistakes.items():
+        try:
+            _compare_outputs(output, _call(mistaken_fn, inputs, trial_seed).output, "", atol, rtol)
+        except Exception:  # a mismatch, or the mistaken function cannot run on these inputs
+            continue
+        return sentence
+    return None
 
 
 def _trial_seed(seed: int, trial: int) -> int:
