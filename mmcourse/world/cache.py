@@ -23,7 +23,7 @@ import numpy as np
 from ..paths import cache_dir
 
 # Bump when a generator changes its output for the same spec, so old caches stop matching.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 CHECKSUM_KEY = "__checksum__"
 
 

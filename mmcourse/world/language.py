@@ -17,6 +17,8 @@ Reiter (1995) and CLEVR-Ref+ (Liu et al. 2019) for referring expressions:
 - `refer(scene, index, seed)`: the shortest expression that singles out one object.
 - `noisy_captions(scene, seed, n, noise_rate)`: "web" captions, some irrelevant, swapped or truncated
   (the noise that ALIGN, Jia et al. 2021, and ALBEF, Li et al. 2021, learn through).
+- `caption_is_true(scene, text)`: reads a caption back with the same grammar and judges it against
+  the scene (the oracle for BLIP's CapFilt, Li et al. 2022: which generated captions are true).
 
 Spatial words follow CLEVR: A is "left of" B when A.x < B.x and "above" B when A.y < B.y
 (x grows to the right, y grows downwards).
@@ -306,8 +308,8 @@ def noisy_captions(scene: Scene, seed: int, n: int, noise_rate: float,
 
     - "irrelevant": text about something not in the scene (an absent object or a web phrase), no spans;
     - "swap": one attribute word inside an object's span replaced by another value of that attribute
-      (the article a/an follows), so the phrase is false of the object it names and, where some
-      value allows it, fits no object of the scene;
+      (the article a/an follows) so that the caption is false of the scene (`caption_is_true`); a
+      caption that no one-word swap makes false becomes an "irrelevant" one;
     - "truncate": the caption cut short, losing at least its last word; spans are clipped.
 
     Whether caption k is corrupted does not depend on `kinds`, and raising `noise_rate` only adds
@@ -322,6 +324,40 @@ def noisy_captions(scene: Scene, seed: int, n: int, noise_rate: float,
             caption = _CORRUPTIONS[_pick(rng, kinds)](scene, caption, rng)
         captions.append(caption)
     return captions
+
+
+def caption_is_true(scene: Scene, text: str) -> bool:
+    """Whether `text`, read with the grammar of the world's captions, is true of `scene`.
+
+    `text` is read back into the template and phrases `describe_with_spans` would have filled (any
+    of its templates and wordings, plurals, "solid"/"hollow", number words) and judged with the
+    generators' own semantics (a phrase fits an object that has every value it states):
+
+    - an object caption ("there is a small filled triangle", "a picture of a red circle") is true
+      when some object fits its phrase;
+    - a relation caption ("a red circle left of a blue square", "... is to the left of ...",
+      "above", "below", "under") when two different objects fit the phrases and the relation
+      holds between them (CLEVR's rule, strict: left of means a smaller x);
+    - a count caption ("two green shapes", "there are three objects") when exactly that many
+      objects fit its phrase;
+    - a list caption ("there are two objects, a red circle and a large blue square", "the picture
+      shows ...", "from left to right, ...") when it names every object once: its stated count
+      (if any) and its number of phrases are the number of objects, and the phrases can be given
+      distinct objects that they fit, in order of x ("from left to right") or y ("from top to
+      bottom") for an ordered list (objects at the same coordinate may come in either order).
+
+    A single phrase with nothing around it ("a red circle") reads as an object caption (a list of
+    one object says the same in a scene of one object). A caption cut short that still reads as a
+    caption is judged as the caption it now is: "there is a red circle left of a blue square" cut
+    to "there is a red circle" is a true object caption; "the picture shows a red circle and a blue
+    square" cut to "the picture shows a red circle" is a list of one object, false in a scene of
+    two. Text outside the grammar (a web phrase such as "click here for more photos", a caption
+    cut inside a phrase, word salad, "an red circle", "two red circle") raises ValueError naming
+    `text` and the word where reading failed.
+    """
+    _check_scene(scene)
+    reading = _read_caption(text)
+    return _IS_TRUE[reading.kind](scene, reading)
 
 
 # ---------------------------------------------------------------- caption kinds
@@ -378,18 +414,41 @@ def _irrelevant(scene: Scene, caption: Caption, rng: np.random.Generator) -> Cap
 
 
 def _swap(scene: Scene, caption: Caption, rng: np.random.Generator) -> Caption:
-    """Replace one attribute word of a phrase, preferring a value that no object of the scene has
-    together with the phrase's other attributes (then the caption is false of the whole scene)."""
+    """One attribute word of a phrase replaced so that the caption is false of the scene.
+
+    The first try is a random attribute word and, where one exists, a value that no object has
+    together with the phrase's other attributes. When that leaves the caption true (no such value
+    exists and the new one fits another object: "a square" -> "a triangle" beside a triangle), every
+    other one-word swap is tried in a random order and the first false one kept. A caption that no
+    one-word swap makes false ("a square" in a scene with every shape) becomes an irrelevant one.
+    """
     words = caption.words
     positions = sorted({(w, start, end) for start, end, _ in caption.spans for w in range(start, end)
                         if words[w] in ATTRIBUTE_WORDS})
     position, start, end = _pick(rng, positions)
-    old_word = words[position]
-    attribute, value = ATTRIBUTE_WORDS[old_word]
+    attribute, value = ATTRIBUTE_WORDS[words[position]]
     phrase_values = dict(ATTRIBUTE_WORDS[word] for word in words[start:end] if word in ATTRIBUTE_WORDS)
     others = _other_values(scene.spec, attribute, value)
     fitting_nothing = [other for other in others if not _matching(scene, {**phrase_values, attribute: other})]
-    new_word = _same_form(old_word, attribute, value, _pick(rng, fitting_nothing or others))
+    swapped = _swapped(caption, position, _pick(rng, fitting_nothing or others))
+    if not caption_is_true(scene, swapped.text):
+        return swapped
+    for k in rng.permutation(len(positions)):
+        position = positions[k][0]
+        attribute, value = ATTRIBUTE_WORDS[words[position]]
+        for other in rng.permutation(_other_values(scene.spec, attribute, value)):
+            swapped = _swapped(caption, position, str(other))
+            if not caption_is_true(scene, swapped.text):
+                return swapped
+    return _irrelevant(scene, caption, rng)
+
+
+def _swapped(caption: Caption, position: int, new_value: str) -> Caption:
+    """`caption` with its attribute word at `position` saying `new_value` (same form; article fixed)."""
+    words = caption.words
+    old_word = words[position]
+    attribute, value = ATTRIBUTE_WORDS[old_word]
+    new_word = _same_form(old_word, attribute, value, new_value)
     text = _replace_word(caption.text, position, new_word)
     if position > 0 and words[position - 1] in ("a", "an"):
         text = _replace_word(text, position - 1, _article(new_word))
@@ -559,6 +618,260 @@ def _caption_rng(scene: Scene, seed: int, k: int, stream: str) -> np.random.Gene
 def _pick(rng: np.random.Generator, options: Sequence):
     """One of `options`, uniformly (keeps Python types, unlike rng.choice)."""
     return options[int(rng.integers(len(options)))]
+
+
+# ---------------------------------------------------------------- reading captions back
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A caption read back: its kind ("object", "relation", "count" or "list"), its template, the
+    values each of its phrases states, the number it states ({count} or {n}) and its relation."""
+
+    kind: str
+    template: str
+    phrases: tuple[dict[str, str], ...]
+    number: int | None = None
+    relation: str | None = None
+
+
+# The templates of each kind, in the order they are tried: an object caption before a list, so that
+# a bare phrase ("a red circle") is an object caption rather than a list of one object.
+_CAPTION_TEMPLATES = {"object": _OBJECT_TEMPLATES, "relation": _RELATION_TEMPLATES,
+                      "count": _COUNT_TEMPLATES, "list": _LIST_TEMPLATES}
+_ADJECTIVE_WORDS = {word: meaning for word, meaning in ATTRIBUTE_WORDS.items() if meaning[0] != "shape"}
+# noun word -> the shape it names (None for "shape"/"object"), for singular and plural phrases.
+_NOUN_WORDS = {plural: {noun + "s" * plural: (noun if noun in ALL_SHAPES else None) for noun in ALL_SHAPES + _NOUNS}
+               for plural in (False, True)}
+_RELATION_OF = {tuple(wording.split()): relation for relation, wordings in _RELATION_WORDS.items()
+                for wording in wordings}
+_NUMBER_OF = {word: value for value, word in enumerate(_ONES)}
+_TENS_OF = {word: 20 + 10 * k for k, word in enumerate(_TENS)}
+
+
+class _Stuck(Exception):
+    """The reader cannot go on at word `position`; `expected` says what would have fitted."""
+
+    def __init__(self, position: int, expected: str):
+        super().__init__(position, expected)
+        self.position, self.expected = position, expected
+
+
+class _CaptionReader:
+    """Recursive-descent reader of a caption's words against one template (as `programs._Reader`
+    reads questions). A template's literal words must appear as they are; its slots read
+
+        {a}, {b}          := ("a" | "an") phrase          (the article agreeing with the next word)
+        {rel}             := "left of" | "to the left of" | "right of" | ... | "above" | "below" | "under"
+        {be}              := "is" | "are"                  (agreeing with the number that follows)
+        {count}           := number phrase                 (plural unless the number is one)
+        {n} {objects}     := number ("shape" | "object")   (plural unless the number is one)
+        {list}            := {a} | {a} ("," {a})* "and" {a}
+        phrase            := adjective* noun   (at most one size, colour and style, in any order;
+                                                the noun a shape, or "shape"/"object" for any shape)
+        number            := "zero" .. "nineteen" | ("twenty" .. "ninety") ["one" .. "nine"]
+    """
+
+    def __init__(self, words: list[str]):
+        self.words, self.position = words, 0
+
+    def peek(self) -> str | None:
+        return self.words[self.position] if self.position < len(self.words) else None
+
+    def take(self, allowed, expected: str) -> str:
+        word = self.peek()
+        if word not in allowed:
+            raise _Stuck(self.position, expected)
+        self.position += 1
+        return word
+
+    def caption(self, kind: str, template: str) -> _Reading:
+        slots: dict[str, object] = {}
+        for is_slot, token in _template_tokens(template):
+            if is_slot:
+                slots[token] = self.slot(token, slots)
+            else:
+                self.take((token,), repr(token))
+        if self.peek() is not None:
+            raise _Stuck(self.position, "the end of the caption")
+        phrases = slots["list"] if kind == "list" else [slots[name] for name in ("a", "b", "count") if name in slots]
+        return _Reading(kind, template, tuple(phrases), slots.get("n", slots.get("number")), slots.get("rel"))
+
+    def slot(self, name: str, slots: dict):
+        """What slot `name` holds: a phrase's values, a list of them, a relation, a number, ..."""
+        if name in ("a", "b"):
+            return self.a_phrase()
+        if name == "list":
+            return self.phrase_list()
+        if name == "rel":
+            return self.relation()
+        if name == "be":
+            return self.take(("is", "are"), "'is' or 'are'")
+        if name == "n":
+            return self.number(slots.get("be"))
+        if name == "objects":
+            nouns = [noun + "s" * (slots["n"] != 1) for noun in _NOUNS]
+            return self.take(nouns, " or ".join(map(repr, nouns)))
+        if name == "count":  # "two green shapes": the number goes with the phrase
+            slots["number"] = self.number(slots.get("be"))
+            return self.phrase(plural=slots["number"] != 1)
+        raise ValueError(f"template slot {{{name}}} is unknown to the caption reader")
+
+    def a_phrase(self) -> dict[str, str]:
+        at = self.position
+        article = self.take(("a", "an"), "an article ('a' or 'an')")
+        if self.peek() is not None and article != _article(self.peek()):
+            raise _Stuck(at, f"{_article(self.peek())!r} before {self.peek()!r}")
+        return self.phrase(plural=False)
+
+    def phrase(self, plural: bool) -> dict[str, str]:
+        values: dict[str, str] = {}
+        while self.peek() in _ADJECTIVE_WORDS:
+            attribute, value = _ADJECTIVE_WORDS[self.peek()]
+            if attribute in values:
+                raise _Stuck(self.position, f"one {attribute} per phrase, not a second one")
+            values[attribute] = value
+            self.position += 1
+        nouns = _NOUN_WORDS[plural]
+        shape = nouns[self.take(nouns, f"a size, color, style or {'plural' if plural else 'singular'} noun "
+                                       f"(one of {sorted(nouns)})")]
+        return {**values, "shape": shape} if shape else values
+
+    def phrase_list(self) -> list[dict[str, str]]:
+        phrases = [self.a_phrase()]
+        while self.peek() == ",":
+            self.position += 1
+            phrases.append(self.a_phrase())
+        if self.peek() == "and":
+            self.position += 1
+            phrases.append(self.a_phrase())
+        elif len(phrases) > 1:
+            raise _Stuck(self.position, "',' or 'and' before the last phrase of a list")
+        return phrases
+
+    def relation(self) -> str:
+        """The relation of the wording that starts here (no wording begins another, so at most one
+        fits), else stuck where the wordings that came closest part from the text."""
+        matched = {wording: self._matched_words(wording) for wording in _RELATION_OF}
+        for wording, count in matched.items():
+            if count == len(wording):
+                self.position += count
+                return _RELATION_OF[wording]
+        closest = max(matched.values())
+        if closest == 0:
+            raise _Stuck(self.position, f"a relation ({', '.join(' '.join(w) for w in _RELATION_OF)})")
+        following = dict.fromkeys(repr(w[closest]) for w, count in matched.items() if count == closest)
+        raise _Stuck(self.position + closest, " or ".join(following))
+
+    def _matched_words(self, wording: tuple[str, ...]) -> int:
+        """How many words of `wording` the text has from here on."""
+        ahead = self.words[self.position:self.position + len(wording)]
+        return next((k for k, (word, wanted) in enumerate(zip(ahead, wording)) if word != wanted), len(ahead))
+
+    def number(self, be: str | None) -> int:
+        at = self.position
+        word = self.take({**_NUMBER_OF, **_TENS_OF}, "a number word (one, two, ...)")
+        value = _NUMBER_OF[word] if word in _NUMBER_OF else _TENS_OF[word]
+        if word in _TENS_OF and _NUMBER_OF.get(self.peek(), 0) in range(1, 10):  # "twenty one"
+            value += _NUMBER_OF[self.take(_NUMBER_OF, "a number word")]
+        if be is not None and be != _be(value)[0][0]:  # "is" for one, else "are"
+            raise _Stuck(at, "'one' after 'is'" if be == "is" else "a number other than 'one' after 'are'")
+        return value
+
+
+@lru_cache(maxsize=None)
+def _template_tokens(template: str) -> tuple[tuple[bool, str], ...]:
+    """The template's words and slots, in order: (False, word) or (True, slot name)."""
+    tokens: list[tuple[bool, str]] = []
+    for part in _SLOT.split(template):
+        if _SLOT.fullmatch(part):
+            tokens.append((True, part[1:-1]))
+        else:
+            tokens.extend((False, word) for word in split_words(part))
+    return tuple(tokens)
+
+
+def _read_caption(text: str) -> _Reading:
+    """`text` read as the first template (of every kind, in `_CAPTION_TEMPLATES` order) that fits it
+    whole. Raises ValueError naming `text`, the furthest word any template reached and what the
+    templates expected there."""
+    if not isinstance(text, str):
+        hint = "; pass caption.text" if isinstance(text, Caption) else ""
+        raise TypeError(f"text must be a str, got {type(text).__name__}{hint}")
+    words = split_words(text)
+    if not words:
+        raise ValueError(f"text={text!r} has no words; expected a caption such as 'there is a red circle'")
+    furthest, expected = -1, []
+    for kind, templates in _CAPTION_TEMPLATES.items():
+        for template in templates:
+            try:
+                return _CaptionReader(words).caption(kind, template)
+            except _Stuck as stuck:
+                if stuck.position > furthest:
+                    furthest, expected = stuck.position, []
+                if stuck.position == furthest and stuck.expected not in expected:
+                    expected.append(stuck.expected)
+    at = f"word {furthest + 1} ({words[furthest]!r})" if furthest < len(words) else "the end"
+    expected = ", ".join(expected[:-1]) + " or " * (len(expected) > 1) + expected[-1]
+    raise ValueError(f"cannot read text={text!r} as a caption of the world: at {at} expected {expected}")
+
+
+def _object_is_true(scene: Scene, reading: _Reading) -> bool:
+    return bool(_matching(scene, reading.phrases[0]))
+
+
+def _relation_is_true(scene: Scene, reading: _Reading) -> bool:
+    firsts, seconds = (_matching(scene, values) for values in reading.phrases)
+    return any(a != b and _holds(reading.relation, scene.objects[a], scene.objects[b])
+               for a in firsts for b in seconds)
+
+
+def _count_is_true(scene: Scene, reading: _Reading) -> bool:
+    return len(_matching(scene, reading.phrases[0])) == reading.number
+
+
+def _list_is_true(scene: Scene, reading: _Reading) -> bool:
+    """Every object named once: the phrases, in order for an ordered list, fit distinct objects."""
+    if len(reading.phrases) != len(scene) or reading.number not in (None, len(scene)):
+        return False
+    return all(_one_to_one(scene, reading.phrases[start:end], objects)
+               for start, end, objects in _ranks(scene, _LIST_ORDER.get(reading.template)))
+
+
+def _ranks(scene: Scene, coordinate: str | None) -> list[tuple[int, int, list[int]]]:
+    """`(start, end, objects)`: list positions [start, end) hold `objects` in some order. Unordered,
+    one group of every object; ordered by x or y, one group per coordinate value, in sorted order."""
+    if coordinate is None:
+        return [(0, len(scene), list(range(len(scene))))]
+    groups: dict[float, list[int]] = {}
+    for i in sorted(range(len(scene)), key=lambda i: getattr(scene.objects[i], coordinate)):
+        groups.setdefault(getattr(scene.objects[i], coordinate), []).append(i)
+    ranks, start = [], 0
+    for objects in groups.values():
+        ranks.append((start, start + len(objects), objects))
+        start += len(objects)
+    return ranks
+
+
+def _one_to_one(scene: Scene, phrases: Sequence[dict[str, str]], objects: list[int]) -> bool:
+    """Whether each phrase can be given its own object of `objects` that it fits (a perfect
+    matching, found with Kuhn's augmenting paths)."""
+    owner: dict[int, int] = {}  # object -> the phrase it is given to
+
+    def give(phrase: int, tried: set[int]) -> bool:
+        for i in objects:
+            if i not in tried and _matches(scene.objects[i], phrases[phrase]):
+                tried.add(i)
+                if i not in owner or give(owner[i], tried):
+                    owner[i] = phrase
+                    return True
+        return False
+
+    return len(phrases) == len(objects) and all(give(phrase, set()) for phrase in range(len(phrases)))
+
+
+_IS_TRUE = {"object": _object_is_true, "relation": _relation_is_true, "count": _count_is_true,
+            "list": _list_is_true}
 
 
 # ---------------------------------------------------------------- argument checks

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .language import split_words
+from .language import _Stuck, split_words
 from .scene import (ALL_SHAPES, ALL_STYLES, ATTRIBUTES, COLOR_RGB, SIZE_RADIUS, Scene, check_count,
                     check_seed, scene_rng)
 
@@ -407,14 +407,6 @@ def build_program(kind: str, phrases: Sequence[Phrase], attribute: str | None = 
     else:
         raise ValueError(f"kind={kind!r} is unknown; expected one of {sorted({t.kind for t in TEMPLATES})}")
     return build.nodes
-
-
-class _Stuck(Exception):
-    """The reader cannot go on at word `position`; `expected` says what would have fitted."""
-
-    def __init__(self, position: int, expected: str):
-        super().__init__(position, expected)
-        self.position, self.expected = position, expected
 
 
 class _Reader:
