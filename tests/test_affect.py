@@ -1,14 +1,17 @@
 """Tests of the trimodal synthetic sentiment task (mmcourse.world.affect)."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from mmcourse.world import affect
 from mmcourse.world.affect import INTERACTIONS, MODALITIES, PAIRS, WORDS, AffectData, sample_affect
+from mmcourse.world.datasets import AffectDataset
 from mmcourse.world.language import Tokenizer, split_words
 
 UNIMODAL, BIMODAL, TRIMODAL = range(3)
@@ -314,3 +317,97 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, name):
 def test_shares_within_tolerance_are_accepted():
     sample = sample_affect(10, seed=0, shares=(0.4, 0.3, 0.3000001))
     assert len(sample) == 10
+
+
+# --- unaligned lengths and the expression frames ----------------------------------------------
+
+def _rounded_digest(sample: AffectData) -> str:
+    """sha256 of every field, floats rounded to 3 decimals (robust to last-bit libm differences)."""
+    digest = hashlib.sha256()
+    for name in ("video", "audio"):
+        digest.update(np.round(getattr(sample, name).astype(np.float64), 3).tobytes())
+    for name in ("labels", "interaction", "polarity"):
+        digest.update(getattr(sample, name).astype(np.int64).tobytes())
+    digest.update("\n".join(sample.texts).encode())
+    return digest.hexdigest()
+
+
+def test_default_output_is_what_it_was_before_unaligned_lengths_existed():
+    # Digest taken before `video_frames`, `audio_frames` and `expression` were added.
+    assert _rounded_digest(sample_affect(40, seed=11)) == \
+        "2b449cb3212788f5a525c5645828e51c544c725fea92b45e7dda5df2d915a281"
+
+
+def test_lengths_equal_to_frames_give_the_same_bytes():
+    default = sample_affect(100, seed=3, frames=9)
+    explicit = sample_affect(100, seed=3, frames=9, video_frames=9, audio_frames=9)
+    for name in ("video", "audio", "labels", "interaction", "polarity", "expression"):
+        assert getattr(default, name).tobytes() == getattr(explicit, name).tobytes(), name
+    assert default.texts == explicit.texts
+
+
+def test_video_and_audio_lengths_can_differ():
+    sample = sample_affect(30, seed=0, video_frames=12, audio_frames=20)
+    assert sample.video.shape == (30, 12, len(affect.VIDEO_CHANNELS))
+    assert sample.audio.shape == (30, 20, len(affect.AUDIO_CHANNELS))
+    assert sample.expression.shape == (30, 12) and sample.expression.dtype == bool
+    aligned = sample_affect(30, seed=0)
+    assert np.array_equal(sample.polarity, aligned.polarity) and np.array_equal(sample.labels, aligned.labels)
+    assert sample_affect(5, seed=0, frames=7, audio_frames=3).video.shape[1] == 7
+
+
+@pytest.mark.parametrize("video_frames", [2, 5, 12, 30])
+def test_expression_is_one_window_exactly_when_the_face_is_active(video_frames):
+    sample = sample_affect(200, seed=4, video_frames=video_frames)
+    active = sample.polarity[:, MODALITIES.index("video")] != 0
+    width = max(2, round(video_frames / 3))
+    assert np.array_equal(sample.expression.any(1), active)
+    assert np.all(sample.expression[active].sum(1) == width)
+    starts = np.diff(sample.expression[active].astype(int), axis=1, prepend=0) == 1
+    assert np.all(starts.sum(1) == 1)  # one contiguous window
+    onsets = starts.argmax(1)
+    assert len(np.unique(onsets)) == video_frames - width + 1  # every onset occurs
+
+
+def test_expression_marks_the_frames_where_the_face_moves():
+    clean = sample_affect(200, seed=5, noise=0.0, video_frames=12)
+    moving = np.abs(clean.video).sum(-1) > 0  # at noise 0 only the expression moves the face
+    assert np.array_equal(moving, clean.expression)
+    noisy = sample_affect(600, seed=5, video_frames=12)
+    smile_or_frown = np.abs(noisy.video[..., [0, 1, 2]]).sum(-1)  # (N, T) lip corners, cheeks, brows
+    on, off = smile_or_frown[noisy.expression].mean(), smile_or_frown[~noisy.expression].mean()
+    assert on > 2.5 * off
+
+
+def test_subset_keeps_the_expression_and_bad_expressions_are_refused(data):
+    picked = data.subset([3, 1])
+    assert np.array_equal(picked.expression, data.expression[[3, 1]])
+    fields = dict(video=data.video, audio=data.audio, texts=data.texts, labels=data.labels,
+                  interaction=data.interaction, polarity=data.polarity)
+    assert AffectData(**fields).expression is None and AffectData(**fields).subset([0]).expression is None
+    with pytest.raises(ValueError, match="expression has shape"):
+        AffectData(**fields, expression=data.expression[:, :5])
+    with pytest.raises(TypeError, match="expression must be a bool array"):
+        AffectData(**fields, expression=data.expression.astype(np.int64))
+
+
+def test_affect_dataset_items_carry_unaligned_sequences_and_the_expression():
+    dataset = AffectDataset(20, seed=2, video_frames=10, audio_frames=16, cache=False)
+    reference = sample_affect(20, 2, video_frames=10, audio_frames=16)
+    item = dataset[4]
+    assert item["video"].shape == (10, len(affect.VIDEO_CHANNELS)) and item["audio"].shape[0] == 16
+    assert torch.equal(item["expression"], torch.from_numpy(reference.expression[4]))
+    assert torch.equal(item["audio"], torch.from_numpy(reference.audio[4]))
+    assert AffectDataset(4, seed=2, cache=False)[0]["video"].shape[0] == 12
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(video_frames=1), ValueError),
+    (dict(audio_frames=0), ValueError),
+    (dict(video_frames=4.0), TypeError),
+    (dict(audio_frames="8"), TypeError),
+])
+def test_bad_lengths_are_refused_by_name(kwargs, error):
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=name):
+        sample_affect(10, seed=0, **kwargs)

@@ -33,6 +33,19 @@ weighs the three pairs equally (pass e.g. `(1, 1, 4)` to make text+audio "sarcas
 `noise` is the standard deviation of the per-frame noise of video and audio (the person offsets
 scale with it); the text is noise-free. At the default noise, mean-pooling a sequence and a linear
 classifier recover its polarity (-1/0/+1) about 98% of the time, a single frame far less often.
+
+Unaligned sequences and where each modality "speaks". `frames` sets one length T for face and
+voice; `video_frames` and `audio_frames` set them apart (T_v, T_a), the unaligned setting of the
+Multimodal Transformer (Tsai et al. 2019), where a face is filmed at one rate, a voice analysed at
+another and the words have no time stamps at all. The ground truth of *when* the face shows its
+polarity is exact: `AffectData.expression` (N, T_v) bool is True on the frames of the smile or
+frown (the `round(T_v / 3)`-frame window, at least two frames, where `_face` adds the expression;
+every frame inside it carries at least 0.59 of the peak) and False everywhere else, all False when
+the face is inactive. The voice has no such window: an active voice is raised in energy and
+warm/harsh on *every* frame, and its pitch ramps linearly from 0 at the first frame to +-1.5 at
+the last, so its evidence is spread over the whole utterance (growing towards the end) and a
+per-frame mask would only repeat `polarity != 0`; there is none. With the default lengths every
+array is byte-identical to what it was before these arguments existed.
 """
 from __future__ import annotations
 
@@ -90,15 +103,18 @@ class AffectData:
     """N examples of the affect task; row i of every field belongs to example i.
 
     `polarity[:, m]` is the polarity of modality `MODALITIES[m]` (0 when inactive);
-    `interaction` holds codes into `INTERACTIONS`; `labels` is 1 for positive, 0 for negative.
+    `interaction` holds codes into `INTERACTIONS`; `labels` is 1 for positive, 0 for negative;
+    `expression[i, t]` is True when frame t of face i shows its smile or frown (None when the
+    data was built without it: `sample_affect` always fills it).
     """
 
-    video: np.ndarray        # (N, T, D_v) float32
-    audio: np.ndarray        # (N, T, D_a) float32
+    video: np.ndarray        # (N, T_v, D_v) float32
+    audio: np.ndarray        # (N, T_a, D_a) float32
     texts: list[str]         # N sentences
     labels: np.ndarray       # (N,) int64 in {0, 1}
     interaction: np.ndarray  # (N,) int64 in {0, 1, 2}
     polarity: np.ndarray     # (N, 3) int64 in {-1, 0, 1}, columns (video, audio, text)
+    expression: np.ndarray | None = None  # (N, T_v) bool, True on the frames of the expression
 
     def __post_init__(self):
         n = len(self.labels)
@@ -106,6 +122,8 @@ class AffectData:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"AffectData {name} has {len(getattr(self, name))} rows; "
                                  f"expected {n}, the number of labels")
+        if self.expression is not None:
+            _check_expression(self.expression, self.video.shape[:2])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -128,7 +146,8 @@ class AffectData:
                              f"got values from {indices.min()} to {indices.max()}")
         return AffectData(video=self.video[indices], audio=self.audio[indices],
                           texts=[self.texts[i] for i in indices], labels=self.labels[indices],
-                          interaction=self.interaction[indices], polarity=self.polarity[indices])
+                          interaction=self.interaction[indices], polarity=self.polarity[indices],
+                          expression=None if self.expression is None else self.expression[indices])
 
     def interaction_names(self) -> list[str]:
         """The interaction type of every example, by name ("unimodal", "bimodal", "trimodal")."""
@@ -136,15 +155,16 @@ class AffectData:
 
 
 def sample_affect(n: int, seed: int, shares: Sequence[float] = (0.4, 0.3, 0.3), frames: int = 12,
-                  noise: float = DEFAULT_NOISE,
-                  pair_weights: Sequence[float] = (1.0, 1.0, 1.0)) -> AffectData:
+                  noise: float = DEFAULT_NOISE, pair_weights: Sequence[float] = (1.0, 1.0, 1.0),
+                  video_frames: int | None = None, audio_frames: int | None = None) -> AffectData:
     """`n` examples of the affect task, a deterministic function of the arguments.
 
     `shares` = (unimodal, bimodal, trimodal) fractions summing to 1; the counts are exactly
     `round(n * share)`, adjusted by one where rounding would not sum to n. Within each interaction
     type half the labels are positive (the odd one out drawn at random). `frames` is T, `noise`
     the per-frame noise of video and audio, `pair_weights` how often each pair of `PAIRS` is the
-    active one in bimodal examples.
+    active one in bimodal examples. `video_frames` (T_v) and `audio_frames` (T_a) give the face and
+    the voice lengths of their own (unaligned sequences); each defaults to `frames`.
 
     Example i is drawn from `scene_rng(seed, i, "affect")` given its interaction type and label,
     but which type and label it gets depends on `n` (the counts are exact), so unlike scenes a
@@ -154,24 +174,27 @@ def sample_affect(n: int, seed: int, shares: Sequence[float] = (0.4, 0.3, 0.3), 
     seed = check_seed(seed)
     shares = _check_weights("shares", shares, must_sum_to_one=True)
     frames = check_count("frames", frames, 2)
+    video_frames = frames if video_frames is None else check_count("video_frames", video_frames, 2)
+    audio_frames = frames if audio_frames is None else check_count("audio_frames", audio_frames, 2)
     noise = _check_noise(noise)
     pair_probabilities = _check_weights("pair_weights", pair_weights, must_sum_to_one=False)
 
     order_rng = scene_rng(seed, n, "order")  # one generator for the whole collection's order
     interaction, labels = _shuffled_types_and_labels(_type_counts(n, shares), order_rng)
-    video = np.empty((n, frames, len(VIDEO_CHANNELS)), dtype=np.float32)
-    audio = np.empty((n, frames, len(AUDIO_CHANNELS)), dtype=np.float32)
+    video = np.empty((n, video_frames, len(VIDEO_CHANNELS)), dtype=np.float32)
+    audio = np.empty((n, audio_frames, len(AUDIO_CHANNELS)), dtype=np.float32)
+    expression = np.zeros((n, video_frames), dtype=bool)
     polarity = np.empty((n, len(MODALITIES)), dtype=np.int64)
     texts = []
     for i in range(n):
         rng = scene_rng(seed, i, "affect")
         polarity[i] = _polarities(int(interaction[i]), int(labels[i]), pair_probabilities, rng)
         s_video, s_audio, s_text = (int(s) for s in polarity[i])
-        video[i] = _face(s_video, frames, noise, rng)
-        audio[i] = _voice(s_audio, frames, noise, rng)
+        video[i], expression[i] = _face(s_video, video_frames, noise, rng)
+        audio[i] = _voice(s_audio, audio_frames, noise, rng)
         texts.append(_sentence(s_text, rng))
     return AffectData(video=video, audio=audio, texts=texts, labels=labels, interaction=interaction,
-                      polarity=polarity)
+                      polarity=polarity, expression=expression)
 
 
 def label_of(polarity: np.ndarray) -> np.ndarray:
@@ -206,6 +229,16 @@ def _check_weights(name: str, values, must_sum_to_one: bool) -> np.ndarray:
     if total <= 0:
         raise ValueError(f"{name} must have a positive sum, got {tuple(values)!r}")
     return array / total
+
+
+def _check_expression(expression, video_shape: tuple[int, int]) -> None:
+    """(N, T_v) bool, one flag per video frame."""
+    if not isinstance(expression, np.ndarray) or expression.dtype != bool:
+        raise TypeError(f"AffectData expression must be a bool array, "
+                        f"got {getattr(expression, 'dtype', type(expression).__name__)}")
+    if expression.shape != tuple(video_shape):
+        raise ValueError(f"AffectData expression has shape {expression.shape}; expected "
+                         f"{tuple(video_shape)}, one flag per video frame (N, T_v)")
 
 
 def _check_noise(noise) -> float:
@@ -261,18 +294,22 @@ def _polarities(interaction: int, label: int, pair_probabilities: np.ndarray,
 
 # --- the three modalities ------------------------------------------------------------------------
 
-def _face(polarity: int, frames: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """(T, D_v) facial features: a resting face, a smile or frown over a few frames, noise."""
+def _face(polarity: int, frames: int, noise: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(T, D_v) facial features: a resting face, a smile or frown over a few frames, noise; and the
+    (T,) bool mask of the expression's frames (all False for an inactive face)."""
     # (D_v,) this person's resting face
     resting = rng.normal(0.0, _PERSON_OFFSET_FRACTION * noise, size=len(VIDEO_CHANNELS))
     clip = resting + rng.normal(0.0, noise, size=(frames, len(VIDEO_CHANNELS)))  # (T, D_v)
+    expression = np.zeros(frames, dtype=bool)  # (T,)
     if polarity != 0:
         width = max(2, round(_EXPRESSION_FRACTION * frames))
         onset = int(rng.integers(frames - width + 1))
         intensity = rng.uniform(0.8, 1.2)
         rise_and_fall = np.sin(np.pi * np.arange(1, width + 1) / (width + 1))  # (width,) peaks near 1
         clip[onset:onset + width] += intensity * np.outer(rise_and_fall, _FACE_EXPRESSION[polarity])
-    return clip
+        expression[onset:onset + width] = True
+    return clip, expression
 
 
 def _voice(polarity: int, frames: int, noise: float, rng: np.random.Generator) -> np.ndarray:

@@ -279,24 +279,30 @@ class ClipDataset(_CachedDataset):
 class AffectDataset(_CachedDataset):
     """The trimodal sentiment task of `mmcourse.world.affect`, as tensors.
 
-    Item keys: video (T, D_v) and audio (T, D_a) float32; text (L,) int64 tokens; label (0/1);
-    interaction (index into `affect.INTERACTIONS`); polarity (3,) int64.
+    Item keys: video (T_v, D_v) and audio (T_a, D_a) float32; text (L,) int64 tokens; label (0/1);
+    interaction (index into `affect.INTERACTIONS`); polarity (3,) int64; expression (T_v,) bool,
+    True on the frames where the face shows its smile or frown. `video_frames` and `audio_frames`
+    (default: `frames`) draw the two sequences at lengths of their own, unaligned.
     """
 
     def __init__(self, n: int, seed: int, shares: Sequence[float] = (0.4, 0.3, 0.3), frames: int = 12,
-                 noise: float = affect.DEFAULT_NOISE, max_length: int = 12, cache: bool = True):
+                 noise: float = affect.DEFAULT_NOISE, max_length: int = 12, cache: bool = True,
+                 video_frames: int | None = None, audio_frames: int | None = None):
         self.max_length = _check_length("max_length", max_length)
         spec = dict(kind="affect", n=check_count("n", n), seed=check_seed(seed), shares=[float(s) for s in shares],
-                    frames=frames, noise=float(noise), max_length=self.max_length)
+                    frames=frames, noise=float(noise), max_length=self.max_length,
+                    video_frames=frames if video_frames is None else video_frames,
+                    audio_frames=frames if audio_frames is None else audio_frames)
         super().__init__(spec, cache)
         self.texts = self.arrays["texts"].tolist()
 
     def _build(self) -> dict[str, np.ndarray]:
         s = self.spec
-        data = affect.sample_affect(s["n"], s["seed"], shares=s["shares"], frames=s["frames"], noise=s["noise"])
+        data = affect.sample_affect(s["n"], s["seed"], shares=s["shares"], frames=s["frames"], noise=s["noise"],
+                                    video_frames=s["video_frames"], audio_frames=s["audio_frames"])
         return {
             "video": data.video, "audio": data.audio, "labels": data.labels,
-            "interaction": data.interaction, "polarity": data.polarity,
+            "interaction": data.interaction, "polarity": data.polarity, "expression": data.expression,
             "text": language.default_tokenizer().encode_batch(data.texts, self.max_length),
             "texts": np.array(data.texts, dtype=str),
         }
@@ -313,6 +319,7 @@ class AffectDataset(_CachedDataset):
             "label": int(a["labels"][i]),
             "interaction": int(a["interaction"][i]),
             "polarity": torch.from_numpy(a["polarity"][i]),
+            "expression": torch.from_numpy(a["expression"][i]),
         }
 
 
