@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse.experiments import alignment as al
+from mmcourse.experiments.alignment import scoreboard as al
 from mmcourse.world.language import default_tokenizer
 
 

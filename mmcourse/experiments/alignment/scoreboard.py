@@ -1,4 +1,4 @@
-"""Data and measurements for notebook 03, multimodal alignment.
+"""Notebook 03: the attention scoreboard, shared by every model of the notebook.
 
 The notebook trains every alignment model of the lecture on the embedded world (the models live in
 `mmcourse.models`); this module holds what the experiments need around them, above all the
@@ -21,12 +21,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..metrics import attention_grounding
-from ..models.encoders import check_tensor
-from ..world.datasets import images_to_tensor
-from ..world.language import default_tokenizer, refer_with_spans
-from ..world.render import render
-from ..world.scene import Scene, check_count, check_seed, sample_scenes, scene_rng
+from ...metrics import attention_grounding
+from ...models.encoders import check_tensor
+from ...world.datasets import images_to_tensor
+from ...world.language import default_tokenizer, refer_with_spans
+from ...world.render import render
+from ...world.scene import Scene, check_count, check_seed, sample_scenes, scene_rng
 
 WRAP_OFFSET = 1  # `<bos>` before the first word shifts word positions by one in the token ids
 

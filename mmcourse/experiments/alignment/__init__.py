@@ -1,0 +1,7 @@
+"""Data and measurements for notebook 03, multimodal alignment: one module per part of the notebook.
+
+- `scoreboard`: referring expressions with their target words, attention painted on pixels and
+  scored against the objects' masks (every model of the notebook goes through it);
+- `affect`: MulT against resampled early fusion on unaligned affect sequences (section 2).
+"""
+from . import affect, scoreboard
