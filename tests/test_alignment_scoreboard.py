@@ -64,3 +64,18 @@ def test_patch_maps_and_expression_attention():
         al.expression_attention(attention, torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="expected \\(2, 3\\)"):
         al.expression_attention(attention, torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_score_expressions_for_regions_and_patches(examples):
+    n, length = len(examples), examples.ids.shape[1]
+    perfect = torch.zeros(n, length, examples.boxes.shape[1])
+    perfect[torch.arange(n), :, examples.targets] = 1.0
+    scores, maps = al.score_expressions(perfect, examples, "regions")
+    assert scores["mass_inside"] == pytest.approx(1.0) and maps.shape == (n, 32, 32)
+    assert 0.15 < scores["chance_regions"] < 0.6
+    uniform = torch.ones(n, length, 16)
+    scores, maps = al.score_expressions(uniform, examples, "patches")
+    assert maps.shape == (n, 4, 4) and scores["pointing_game"] == 0.0  # ties are pessimistic
+    assert scores["mass_inside"] == pytest.approx(scores["chance"], rel=1e-6)
+    with pytest.raises(ValueError, match="units='pixels' is unknown"):
+        al.score_expressions(uniform, examples, "pixels")

@@ -2,6 +2,7 @@
 
 - `scoreboard`: referring expressions with their target words, attention painted on pixels and
   scored against the objects' masks (every model of the notebook goes through it);
-- `affect`: MulT against resampled early fusion on unaligned affect sequences (section 2).
+- `affect`: MulT against resampled early fusion on unaligned affect sequences (section 2);
+- `single_stream`: VisualBERT and ViLT pretrained with MLM + ITM, measured, and timed (sections 3, 6).
 """
-from . import affect, scoreboard
+from . import affect, scoreboard, single_stream

@@ -11,7 +11,8 @@ so any model's attention from a word to the image can be measured instead of bel
 - Attention to pixels: a region model's weights over boxes are spread evenly over each object's
   pixels (`region_attention_maps`); a patch model's weights form a grid (`patch_attention_maps`).
 - `attention_scores`: `metrics.attention_grounding` (mass inside the object, pointing game) next to
-  the chance level, the object's share of the picture.
+  the chance level, the object's share of the picture; `score_expressions` does it all for one
+  model's per-token attention.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ...world.render import render
 from ...world.scene import Scene, check_count, check_seed, sample_scenes, scene_rng
 
 WRAP_OFFSET = 1  # `<bos>` before the first word shifts word positions by one in the token ids
+UNITS = ("regions", "patches")  # what a model attends to: the boxes of the objects, or a grid of patches
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,3 +177,24 @@ def attention_scores(maps: np.ndarray, regions: torch.Tensor | np.ndarray) -> di
     scores = attention_grounding(np.clip(maps, 0.0, None), regions)
     scores["chance"] = float(regions.mean((1, 2)).mean())
     return scores
+
+
+def score_expressions(token_attention: torch.Tensor, examples: ReferringExamples,
+                      units: str) -> tuple[dict[str, float], np.ndarray]:
+    """(scores, maps) of a model's (N, L, U) per-token attention over U image `units` ("regions":
+    the examples' boxes; "patches": a square grid) for the referring expressions of `examples`.
+
+    The expression's attention is the mean over its target tokens (`expression_attention`); the
+    scores are `attention_scores` against the referred objects' masks, plus "chance_regions" for
+    region models: the mass a uniform choice among the scene's boxes puts on the right one.
+    """
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is unknown; expected one of {UNITS}")
+    weights = expression_attention(token_attention.detach().float().cpu(), examples.target_tokens)  # (N, U)
+    if units == "regions":
+        maps = region_attention_maps(weights, examples.masks)
+    else:
+        maps = patch_attention_maps(weights)
+    scores = attention_scores(maps, examples.target_masks)
+    scores["chance_regions"] = float((1.0 / examples.num_objects.double()).mean())
+    return scores, maps
