@@ -79,3 +79,13 @@ def test_score_expressions_for_regions_and_patches(examples):
     assert scores["mass_inside"] == pytest.approx(scores["chance"], rel=1e-6)
     with pytest.raises(ValueError, match="units='pixels' is unknown"):
         al.score_expressions(uniform, examples, "pixels")
+
+
+def test_expressions_of_one_scene():
+    scene = al.referring_examples(1, seed=4, image_size=32).scenes[0]
+    every = al.expressions_of(scene, seed=4, image_size=32)
+    assert len(every) >= 1 and torch.equal(every.images[0], every.images[-1])
+    assert sorted(every.targets.tolist()) == every.targets.tolist()
+    assert all(every.target_masks[row].any() for row in range(len(every)))
+    with pytest.raises(TypeError, match="scene must be a Scene"):
+        al.expressions_of("a red circle", seed=4, image_size=32)

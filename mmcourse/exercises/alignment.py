@@ -13,11 +13,22 @@ from typing import Callable
 
 import torch
 
+from ..models.albef import distillation_targets, sample_hard_negatives
 from ..models.layers import attention
-from .check import CheckResult, compare
+from ..models.milnce import milnce_loss
+from .check import CheckResult, _finish, compare
 
-__all__ = ["check_cross_attention"]
+__all__ = ["check_cross_attention", "check_distillation_targets", "check_hard_negative_sampling", "check_milnce_loss"]
 
+HINT_MILNCE = ("scores[i, j, k] = video_features[i] . text_features[j, k] / temperature. The numerator of clip i "
+               "is logsumexp over its own bag k of scores[i, i, k]; the denominator adds every score of clip i "
+               "with all candidates of the other clips and every score of bag i with the other clips, the "
+               "positives once. Loss = mean over i of (denominator - numerator).")
+HINT_HARD_NEGATIVES = ("For row i: probabilities = softmax(similarity[i]) with entry i set to zero (mask it to -inf "
+                       "before the softmax), then draw one column with torch.multinomial(probabilities, 1, "
+                       "generator=generator).")
+HINT_DISTILLATION = ("one_hot = torch.eye(B, N) (row i's positive is column i); targets = alpha * "
+                     "momentum_similarity.softmax(dim=1) + (1 - alpha) * one_hot.")
 HINT_CROSS_ATTENTION = ("scores = queries @ keys.transpose(-2, -1) / sqrt(d) is (B, Lq, Lk); set the scores of "
                         "padded keys to -inf with masked_fill(key_padding_mask[:, None, :], float('-inf')), take "
                         "the softmax over the LAST axis (the keys), and return (weights @ values, weights).")
@@ -67,3 +78,138 @@ def check_cross_attention(cross_attention_fn: Callable, raise_on_fail: bool = Fa
     return compare(cross_attention_fn, _cross_attention_reference, make_inputs, check_grad=True,
                    name="cross_attention", hint=HINT_CROSS_ATTENTION, raise_on_fail=raise_on_fail,
                    mistakes=CROSS_ATTENTION_MISTAKES)
+
+
+# --------------------------------------------------------------------------------------------
+# MIL-NCE
+# --------------------------------------------------------------------------------------------
+
+
+def _milnce_without_other_bags(video_features, text_features, temperature=1.0):
+    """A typical mistake: the denominator holds clip i against every candidate, but not bag i
+    against the other clips."""
+    scores = torch.einsum("id,jkd->ijk", video_features, text_features) / temperature  # (B, B, K)
+    batch = len(scores)
+    positives = scores[torch.arange(batch), torch.arange(batch)].logsumexp(-1)  # (B,)
+    return (scores.flatten(1).logsumexp(-1) - positives).mean()
+
+
+def _milnce_positives_left_out(video_features, text_features, temperature=1.0):
+    """A typical mistake: the positives are missing from the denominator."""
+    scores = torch.einsum("id,jkd->ijk", video_features, text_features) / temperature  # (B, B, K)
+    batch = len(scores)
+    own = torch.eye(batch, dtype=torch.bool)
+    positives = scores[torch.arange(batch), torch.arange(batch)].logsumexp(-1)  # (B,)
+    rows = scores.masked_fill(own[:, :, None], float("-inf")).flatten(1)  # (B, B * K) clip i, other bags
+    columns = scores.masked_fill(own[:, :, None], float("-inf")).transpose(0, 1).flatten(1)  # bag i, other clips
+    return (torch.cat([rows, columns], 1).logsumexp(-1) - positives).mean()
+
+
+MILNCE_MISTAKES: dict[str, Callable] = {
+    "the positives are missing from your denominator (MIL-NCE puts them in it, as a softmax does)":
+        _milnce_positives_left_out,
+    "your denominator lacks bag i scored against the other clips (the column half of the symmetric loss)":
+        _milnce_without_other_bags,
+}
+
+
+def check_milnce_loss(milnce_loss_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
+    """`milnce_loss_fn(video_features (B, D), text_features (B, K, D), temperature)` must return
+    `mmcourse.models.milnce.milnce_loss`: values and gradients."""
+
+    def make_inputs(gen: torch.Generator) -> tuple:
+        batch, bag, dim = (int(v) for v in torch.randint(2, 6, (3,), generator=gen))
+        video = torch.randn(batch, dim, generator=gen).requires_grad_()
+        text = torch.randn(batch, bag, dim, generator=gen).requires_grad_()
+        temperature = float(torch.empty(()).uniform_(0.5, 2.0, generator=gen))
+        return video, text, temperature
+
+    return compare(milnce_loss_fn, lambda v, t, temperature: milnce_loss(v, t, temperature), make_inputs,
+                   check_grad=True, name="milnce_loss", hint=HINT_MILNCE, raise_on_fail=raise_on_fail,
+                   mistakes=MILNCE_MISTAKES)
+
+
+# --------------------------------------------------------------------------------------------
+# ALBEF: momentum-distilled ITC targets, hard negatives for ITM
+# --------------------------------------------------------------------------------------------
+
+
+def _targets_softmax_over_columns(momentum_similarity, alpha):
+    batch, keys = momentum_similarity.shape
+    return alpha * momentum_similarity.softmax(0) + (1 - alpha) * torch.eye(batch, keys)
+
+
+def _targets_alpha_swapped(momentum_similarity, alpha):
+    return distillation_targets(momentum_similarity, 1 - alpha)
+
+
+DISTILLATION_MISTAKES: dict[str, Callable] = {
+    "your softmax runs over the rows (dim 0); each row's targets must sum to one over its N keys":
+        _targets_softmax_over_columns,
+    "alpha and 1 - alpha are swapped: alpha weighs the momentum model's distribution": _targets_alpha_swapped,
+}
+
+
+def check_distillation_targets(distillation_targets_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
+    """`distillation_targets_fn(momentum_similarity (B, N), alpha)` must return ALBEF's soft ITC
+    targets `mmcourse.models.albef.distillation_targets`."""
+
+    def make_inputs(gen: torch.Generator) -> tuple:
+        batch = int(torch.randint(2, 6, (1,), generator=gen))
+        keys = batch + int(torch.randint(0, 6, (1,), generator=gen))  # the batch, then the queue
+        return torch.randn(batch, keys, generator=gen) * 3, float(torch.rand((), generator=gen))
+
+    return compare(distillation_targets_fn, distillation_targets, make_inputs, name="distillation_targets",
+                   hint=HINT_DISTILLATION, raise_on_fail=raise_on_fail, mistakes=DISTILLATION_MISTAKES)
+
+
+HARD_NEGATIVE_DRAWS = 1500  # rows of the statistical check: a frequency's standard error is at most 0.013
+
+
+def check_hard_negative_sampling(sample_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
+    """`sample_fn(similarity (B, B), generator)` must draw, for each row i, a column j != i with
+    probability softmax(similarity[i]) over j != i, as `mmcourse.models.albef.sample_hard_negatives`.
+
+    A sampler cannot be compared draw by draw, so this check draws many times from one similarity
+    matrix and compares the frequencies with the probabilities the rule gives."""
+    similarity = torch.tensor([[4.0, 2.0, 1.0, 0.0], [0.0, 5.0, 2.0, 2.0], [1.0, 3.0, 0.0, 2.0],
+                               [0.5, 0.0, 3.0, 6.0]])  # (4, 4): diagonals large in rows 1 and 3
+    expected = similarity.masked_fill(torch.eye(4, dtype=torch.bool), float("-inf")).softmax(1)  # (4, 4)
+    generator = torch.Generator().manual_seed(0)
+    try:
+        draws = torch.stack([torch.as_tensor(sample_fn(similarity.clone(), generator))
+                             for _ in range(HARD_NEGATIVE_DRAWS)])  # (draws, 4)
+    except NotImplementedError:
+        return _finish(CheckResult(False, "sample_hard_negatives is not implemented yet.", HINT_HARD_NEGATIVES),
+                       raise_on_fail)
+    except Exception as error:  # a learner's bug: one sentence, no traceback
+        return _finish(CheckResult(False, f"sample_hard_negatives raised {type(error).__name__}: {error}.",
+                                   HINT_HARD_NEGATIVES), raise_on_fail)
+    return _finish(_hard_negative_verdict(draws, expected), raise_on_fail)
+
+
+def _hard_negative_verdict(draws: torch.Tensor, expected: torch.Tensor) -> CheckResult:
+    name, batch = "sample_hard_negatives", len(expected)
+    if draws.shape[1:] != (batch,) or draws.is_floating_point():
+        return CheckResult(False, f"{name}: expected a (B,) integer tensor of column indices, got shape "
+                                  f"{tuple(draws.shape[1:])} and dtype {draws.dtype}.", HINT_HARD_NEGATIVES)
+    if ((draws < 0) | (draws >= batch)).any():
+        return CheckResult(False, f"{name}: a drawn index lies outside 0..{batch - 1}.", HINT_HARD_NEGATIVES)
+    if (draws == torch.arange(batch)).any():
+        return CheckResult(False, f"{name}: row i sometimes draws column i itself; the diagonal (the true pair) "
+                                  "must get probability zero.", HINT_HARD_NEGATIVES)
+    frequencies = torch.stack([torch.bincount(draws[:, i], minlength=batch) for i in range(batch)]).float()
+    frequencies /= len(draws)  # (B, B)
+    if (draws == draws[0]).all():
+        return CheckResult(False, f"{name}: every draw is the same; ALBEF samples in proportion to the softmax "
+                                  "instead of always taking the most similar caption.", HINT_HARD_NEGATIVES)
+    gap = (frequencies - expected).abs().max().item()
+    if gap > 0.05:
+        uniform = (~torch.eye(batch, dtype=torch.bool)).float() / (batch - 1)
+        if (frequencies - uniform).abs().max().item() < 0.05:
+            detail = "your draws are uniform over the other columns; weigh them by softmax(similarity[i])"
+        else:
+            detail = f"your frequencies differ from softmax(similarity[i]) without the diagonal by up to {gap:.2f}"
+        return CheckResult(False, f"{name}: {detail}.", HINT_HARD_NEGATIVES)
+    return CheckResult(True, f"{name} draws every row's negatives with the right frequencies "
+                             f"({HARD_NEGATIVE_DRAWS:,} draws, largest gap {gap:.3f}).")

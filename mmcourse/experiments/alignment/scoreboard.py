@@ -81,7 +81,6 @@ def referring_examples(n: int, seed: int, image_size: int, max_length: int = 24,
     """
     n, seed = check_count("n", n, 1), check_seed(seed)
     image_size = check_count("image_size", image_size, 1)
-    tokenizer = default_tokenizer()
     scenes, expressions, targets = [], [], []
     pool = sample_scenes(3 * n + 10, seed, preset)
     for i, scene in enumerate(pool):
@@ -94,6 +93,32 @@ def referring_examples(n: int, seed: int, image_size: int, max_length: int = 24,
             expressions.append(expression[1])
     if len(scenes) < n:
         raise ValueError(f"only {len(scenes)} of n={n} scenes could be referred to; ask for fewer")
+    return _examples(scenes, targets, expressions, image_size, max_length)
+
+
+def expressions_of(scene: Scene, seed: int, image_size: int, max_length: int = 24) -> ReferringExamples:
+    """Every object of `scene` that can be singled out, each with its referring expression
+    (`refer_with_spans(scene, index, seed)`): one row per such object, in index order."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    seed, image_size = check_seed(seed), check_count("image_size", image_size, 1)
+    targets, expressions = [], []
+    for index in range(len(scene)):
+        try:
+            expressions.append(refer_with_spans(scene, index, seed))
+        except ValueError:  # this object cannot be singled out
+            continue
+        targets.append(index)
+    if not targets:
+        raise ValueError("no object of scene can be singled out by a referring expression")
+    return _examples([scene] * len(targets), targets, expressions, image_size, max_length)
+
+
+def _examples(scenes: list[Scene], targets: list[int], expressions: list, image_size: int,
+              max_length: int) -> ReferringExamples:
+    """The tensors of `ReferringExamples` for scenes, referred objects and their `Caption`s."""
+    n = len(scenes)
+    tokenizer = default_tokenizer()
     pictures = [render(scene, image_size) for scene in scenes]
     capacity = max(len(scene) for scene in scenes)
     boxes = np.zeros((n, capacity, 4), np.float32)
@@ -107,7 +132,7 @@ def referring_examples(n: int, seed: int, image_size: int, max_length: int = 24,
             if index == target:
                 target_tokens[row, start + WRAP_OFFSET:end + WRAP_OFFSET] = True
     return ReferringExamples(
-        scenes=scenes, images=images_to_tensor(np.stack([p.image for p in pictures])),
+        scenes=list(scenes), images=images_to_tensor(np.stack([p.image for p in pictures])),
         boxes=torch.from_numpy(boxes), num_objects=torch.tensor([len(s) for s in scenes]),
         masks=torch.from_numpy(np.stack([p.instance_mask for p in pictures]).astype(np.int64)),
         targets=torch.tensor(targets), texts=texts, ids=ids, target_tokens=target_tokens)
