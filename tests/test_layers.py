@@ -63,7 +63,7 @@ def test_attention_refuses_bad_masks_and_shapes():
         attention_module(x, key_padding_mask=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="key_padding_mask has shape"):
         attention_module(x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="hides every key"):
+    with pytest.raises(ValueError, match="hides every step"):
         attention_module(x, key_padding_mask=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="context has batch size"):
         attention_module(x, torch.randn(3, 3, 8))

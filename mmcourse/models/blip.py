@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
-from .albef import ALBEF, MATCH, TextEmbedding, VisionTransformer
+from .albef import ALBEF, MATCH, TextEmbedding, VisionTransformer, _check_generator
 from .encoders import check_tensor
 from .layers import IGNORE_INDEX, TransformerEncoder
 
@@ -204,14 +204,6 @@ def _check_pair_batch(images, ids) -> None:
 def _check_top_p(top_p) -> None:
     if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator (draws are made on the CPU), got one on "
-                         f"{generator.device}")
 
 
 def _check_generate_arguments(model, images, max_length) -> None:

@@ -50,7 +50,7 @@ from torch import nn
 
 from .encoders import check_tensor, masked_mean
 from .fusion import mlp
-from .layers import MultiHeadAttention, TransformerEncoder
+from .layers import MultiHeadAttention, TransformerEncoder, check_padding_mask
 
 MODALITIES = ("text", "video", "audio")
 RESAMPLE_MODES = ("area", "linear", "nearest")
@@ -278,7 +278,7 @@ def _check_block_inputs(target, source, source_padding_mask, width: int, source_
     if len(source) != len(target):
         raise ValueError(f"source has batch size {len(source)} but target has {len(target)}; "
                          "expected one source sequence per target sequence")
-    _check_padding_mask("source_padding_mask", source_padding_mask, source)
+    check_padding_mask("source_padding_mask", source_padding_mask, source)
 
 
 def _check_mult_inputs(video, audio, text, video_padding_mask, audio_padding_mask, video_dim: int, audio_dim: int,
@@ -298,22 +298,9 @@ def _check_mult_inputs(video, audio, text, video_padding_mask, audio_padding_mas
     text_padding = text == pad_id  # (B, L)
     if text_padding.all(1).any():
         raise ValueError(f"text has a row made only of padding (pad_id={pad_id}); every example needs a word")
-    _check_padding_mask("video_padding_mask", video_padding_mask, video)
-    _check_padding_mask("audio_padding_mask", audio_padding_mask, audio)
+    check_padding_mask("video_padding_mask", video_padding_mask, video)
+    check_padding_mask("audio_padding_mask", audio_padding_mask, audio)
     return {"text": text_padding, "video": video_padding_mask, "audio": audio_padding_mask}
-
-
-def _check_padding_mask(name: str, mask, sequence: torch.Tensor) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor (True at padding), "
-                        f"got {getattr(mask, 'dtype', type(mask).__name__)}")
-    if tuple(mask.shape) != tuple(sequence.shape[:2]):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}; expected {tuple(sequence.shape[:2])}, "
-                         "one flag per step")
-    if mask.all(1).any():
-        raise ValueError(f"{name} hides every step of some row; each example needs a real step")
 
 
 def _check_right_padded(padding: torch.Tensor) -> None:

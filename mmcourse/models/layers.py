@@ -264,16 +264,22 @@ def _check_attention_inputs(x, context, key_padding_mask, width: int) -> None:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, L, {width})")
     if len(context) != len(x):
         raise ValueError(f"context has batch size {len(context)} but x has {len(x)}; expected one context per query row")
-    if key_padding_mask is None:
+    check_padding_mask("key_padding_mask", key_padding_mask, context)
+
+
+def check_padding_mask(name: str, mask, sequence: torch.Tensor) -> None:
+    """Refuse a padding mask that is not None or a (B, L) bool tensor of `sequence`'s first two
+    dimensions, True at padding, with at least one real step in every row."""
+    if mask is None:
         return
-    if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-        raise TypeError(f"key_padding_mask must be a bool tensor (True at padding), "
-                        f"got {getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")
-    if tuple(key_padding_mask.shape) != tuple(context.shape[:2]):
-        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
-                         f"{tuple(context.shape[:2])}, one flag per key")
-    if key_padding_mask.all(1).any():
-        raise ValueError("key_padding_mask hides every key of some row; each query needs a key to attend to")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True at padding), "
+                        f"got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if tuple(mask.shape) != tuple(sequence.shape[:2]):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}; expected {tuple(sequence.shape[:2])}, "
+                         "one flag per step")
+    if mask.all(1).any():
+        raise ValueError(f"{name} hides every step of some row; each row needs a real step to attend to")
 
 
 def _check_width_heads(width, heads) -> None:

@@ -657,20 +657,10 @@ class _Stuck(Exception):
         self.position, self.expected = position, expected
 
 
-class _CaptionReader:
-    """Recursive-descent reader of a caption's words against one template (as `programs._Reader`
-    reads questions). A template's literal words must appear as they are; its slots read
-
-        {a}, {b}          := ("a" | "an") phrase          (the article agreeing with the next word)
-        {rel}             := "left of" | "to the left of" | "right of" | ... | "above" | "below" | "under"
-        {be}              := "is" | "are"                  (agreeing with the number that follows)
-        {count}           := number phrase                 (plural unless the number is one)
-        {n} {objects}     := number ("shape" | "object")   (plural unless the number is one)
-        {list}            := {a} | {a} ("," {a})* "and" {a}
-        phrase            := adjective* noun   (at most one size, colour and style, in any order;
-                                                the noun a shape, or "shape"/"object" for any shape)
-        number            := "zero" .. "nineteen" | ("twenty" .. "ninety") ["one" .. "nine"]
-    """
+class _WordReader:
+    """Reads a list of words left to right: `peek` looks at the next one, `take` consumes it or
+    raises `_Stuck` naming what was expected there (the caption reader here, the question reader of
+    `programs`)."""
 
     def __init__(self, words: list[str]):
         self.words, self.position = words, 0
@@ -684,6 +674,22 @@ class _CaptionReader:
             raise _Stuck(self.position, expected)
         self.position += 1
         return word
+
+
+class _CaptionReader(_WordReader):
+    """Recursive-descent reader of a caption's words against one template (as `programs._Reader`
+    reads questions). A template's literal words must appear as they are; its slots read
+
+        {a}, {b}          := ("a" | "an") phrase          (the article agreeing with the next word)
+        {rel}             := "left of" | "to the left of" | "right of" | ... | "above" | "below" | "under"
+        {be}              := "is" | "are"                  (agreeing with the number that follows)
+        {count}           := number phrase                 (plural unless the number is one)
+        {n} {objects}     := number ("shape" | "object")   (plural unless the number is one)
+        {list}            := {a} | {a} ("," {a})* "and" {a}
+        phrase            := adjective* noun   (at most one size, colour and style, in any order;
+                                                the noun a shape, or "shape"/"object" for any shape)
+        number            := "zero" .. "nineteen" | ("twenty" .. "ninety") ["one" .. "nine"]
+    """
 
     def caption(self, kind: str, template: str) -> _Reading:
         slots: dict[str, object] = {}

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .language import _Stuck, split_words
+from .language import _Stuck, _WordReader, split_words
 from .scene import (ALL_SHAPES, ALL_STYLES, ATTRIBUTES, COLOR_RGB, SIZE_RADIUS, Scene, check_count,
                     check_seed, scene_rng)
 
@@ -409,25 +409,12 @@ def build_program(kind: str, phrases: Sequence[Phrase], attribute: str | None = 
     return build.nodes
 
 
-class _Reader:
+class _Reader(_WordReader):
     """Recursive-descent reader of one question's words against one frame.
 
         phrase  := adjective* noun [relation "the" phrase]      (one adjective per attribute)
         relation := "left" "of" | "right" "of" | "above" | "below"
     """
-
-    def __init__(self, words: list[str]):
-        self.words, self.position = words, 0
-
-    def peek(self) -> str | None:
-        return self.words[self.position] if self.position < len(self.words) else None
-
-    def take(self, allowed, expected: str) -> str:
-        word = self.peek()
-        if word not in allowed:
-            raise _Stuck(self.position, expected)
-        self.position += 1
-        return word
 
     def phrase(self, plural: bool, clause: bool) -> Phrase:
         values: dict[str, str] = {}
