@@ -382,7 +382,7 @@ def test_readouts_have_the_documented_shapes_and_values():
     assert torch.allclose(model.encode_image(images).norm(dim=1), torch.ones(4))
     attention = model.word_patch_attention(images, ids)
     assert attention.shape == (4, 7, 16) and (attention >= 0).all()
-    cls_weight = model.fusion.layers[-1].cross_attention_weights.mean(1)[..., 0]  # (B, L) on the image [CLS]
+    cls_weight = model.fusion.layers[0].cross_attention_weights.mean(1)[..., 0]  # (B, L) on the image [CLS]
     assert torch.allclose(attention.sum(-1) + cls_weight, torch.ones(4, 7), atol=1e-5)
     assert not attention.requires_grad
 

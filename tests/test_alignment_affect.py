@@ -1,4 +1,4 @@
-"""Tests of the MulT experiment helpers (mmcourse.experiments._draft_mult): data, training, accuracy
+"""Tests of the MulT experiment helpers (mmcourse.experiments.alignment.affect): data, training, accuracy
 per interaction type and the word -> frame attention scored against the expression frames."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notebook 03, sections 3 and 6: what the notebook measures around the single-stream models.
+"""Notebook 03, sections 3 and 5: what the notebook measures around the single-stream models.
 
 VisualBERT (Li et al. 2019) and ViLT (Kim et al. 2021) read words and image units in one
 transformer; this module holds what the notebook measures around them:
