@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
-from .albef import ALBEF, MATCH, TextEmbedding, VisionTransformer, _check_generator
+from .albef import ALBEF, MATCH, TextEmbedding, VisionTransformer, _check_generator, _check_pair_batch
 from .encoders import check_tensor
 from .layers import IGNORE_INDEX, TransformerEncoder
 
@@ -191,14 +191,6 @@ def filter_captions(filter_model: ALBEF, images: torch.Tensor, ids: torch.Tensor
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_pair_batch(images, ids) -> None:
-    check_tensor("images", images, 4, floating=True)
-    check_tensor("ids", ids, 2, floating=False)
-    if len(images) != len(ids):
-        raise ValueError(f"images has batch size {len(images)} but ids {len(ids)} (shapes {tuple(images.shape)} and "
-                         f"{tuple(ids.shape)}); expected one caption per image")
 
 
 def _check_top_p(top_p) -> None:
