@@ -6,14 +6,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mmcourse.experiments.alignment import albef as draft
+from mmcourse.experiments.alignment import albef as experiment
 from mmcourse.experiments.alignment.scoreboard import referring_examples
 from mmcourse.models.albef import ALBEF
 from mmcourse.world.datasets import CaptionDataset
 from mmcourse.world.language import caption_is_true, default_tokenizer, split_words
 
 TOKENIZER = default_tokenizer()
-MICRO = replace(draft.albef_recipe("ci"), n_scenes=24, image_size=32, patch_size=4, width=16, batch_size=8,
+MICRO = replace(experiment.albef_recipe("ci"), n_scenes=24, image_size=32, patch_size=4, width=16, batch_size=8,
                 epochs=1, alpha_warmup_steps=2, n_test=4)
 
 
@@ -29,16 +29,16 @@ def tiny_albef() -> ALBEF:
 
 
 def test_recipes_name_the_scales():
-    assert set(draft.ALBEF_RECIPES) == {"ci", "cpu", "gpu"}
-    assert draft.albef_recipe("cpu").image_size == 64
+    assert set(experiment.ALBEF_RECIPES) == {"ci", "cpu", "gpu"}
+    assert experiment.albef_recipe("cpu").image_size == 64
     with pytest.raises(ValueError, match="scale='laptop' is unknown"):
-        draft.albef_recipe("laptop")
-    assert list(draft.ALBEF_VARIANTS) == ["ITC", "+ ITM, random negatives", "+ ITM, hard negatives",
+        experiment.albef_recipe("laptop")
+    assert list(experiment.ALBEF_VARIANTS) == ["ITC", "+ ITM, random negatives", "+ ITM, hard negatives",
                                           "+ momentum distillation + MLM"]
 
 
 def test_swapped_caption_pairs_differ_by_one_attribute_and_are_false():
-    pairs = draft.swapped_caption_pairs(6, 3, 32)
+    pairs = experiment.swapped_caption_pairs(6, 3, 32)
     assert len(pairs) == 6 and pairs.images.shape == (6, 3, 32, 32)
     for scene, true, swapped in zip(pairs.scenes, pairs.true_texts, pairs.swapped_texts):
         assert caption_is_true(scene, true) and not caption_is_true(scene, swapped)
@@ -49,7 +49,7 @@ def test_swapped_caption_pairs_differ_by_one_attribute_and_are_false():
 
 def test_image_caption_pairs_follow_a_caption_dataset():
     dataset = CaptionDataset(4, 5, image_size=32, captions_per_image=2, noise_rate=0.5)
-    pairs = draft.ImageCaptionPairs.from_captions(dataset)
+    pairs = experiment.ImageCaptionPairs.from_captions(dataset)
     assert len(pairs) == 8 and pairs.image_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     for j in range(8):
         item, expected = pairs[j], dataset[j]
@@ -57,8 +57,8 @@ def test_image_caption_pairs_follow_a_caption_dataset():
         assert item["is_noisy"] == expected["is_noisy"]
     kept = pairs.subset(torch.tensor([True, False] * 4))
     assert kept.image_index.tolist() == [0, 1, 2, 3] and kept.images is pairs.images
-    short = draft.ImageCaptionPairs(pairs.images, torch.tensor([1]), torch.tensor([[5, 21, 6]]))
-    both = draft.ImageCaptionPairs.concat(kept, short)
+    short = experiment.ImageCaptionPairs(pairs.images, torch.tensor([1]), torch.tensor([[5, 21, 6]]))
+    both = experiment.ImageCaptionPairs.concat(kept, short)
     assert len(both) == 5 and both.tokens.shape[1] == pairs.tokens.shape[1]
     assert both.tokens[-1, :4].tolist() == [5, 21, 6, TOKENIZER.pad_id]
 
@@ -66,20 +66,20 @@ def test_image_caption_pairs_follow_a_caption_dataset():
 def test_image_caption_pairs_refuse_bad_input():
     images = torch.zeros(2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"expected \[0, 2\)"):
-        draft.ImageCaptionPairs(images, torch.tensor([0, 2]), torch.ones(2, 3, dtype=torch.long))
+        experiment.ImageCaptionPairs(images, torch.tensor([0, 2]), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="same non-zero number of pairs"):
-        draft.ImageCaptionPairs(images, torch.tensor([0]), torch.ones(2, 3, dtype=torch.long))
-    pairs = draft.ImageCaptionPairs(images, torch.tensor([0, 1]), torch.ones(2, 3, dtype=torch.long))
+        experiment.ImageCaptionPairs(images, torch.tensor([0]), torch.ones(2, 3, dtype=torch.long))
+    pairs = experiment.ImageCaptionPairs(images, torch.tensor([0, 1]), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"keep must be a bool tensor of shape \(2,\)"):
         pairs.subset(torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="share the same images"):
-        draft.ImageCaptionPairs.concat(pairs, draft.ImageCaptionPairs(images.clone(), torch.tensor([0]),
+        experiment.ImageCaptionPairs.concat(pairs, experiment.ImageCaptionPairs(images.clone(), torch.tensor([0]),
                                                                      torch.ones(1, 3, dtype=torch.long)))
 
 
 def test_with_full_captions_adds_one_true_listing_caption_per_scene():
     dataset = CaptionDataset(5, 7, image_size=32, captions_per_image=1, noise_rate=0.3)
-    pairs = draft.with_full_captions(dataset, 7)
+    pairs = experiment.with_full_captions(dataset, 7)
     assert len(pairs) == 10 and pairs.image_index[5:].tolist() == [0, 1, 2, 3, 4]
     assert not pairs.is_noisy[5:].any()
     for i, scene in enumerate(dataset.scenes):
@@ -89,7 +89,7 @@ def test_with_full_captions_adds_one_true_listing_caption_per_scene():
 
 def test_swap_matching_scores_a_model_that_knows_the_truth():
     model = tiny_albef()
-    pairs = draft.swapped_caption_pairs(4, 3, 32)
+    pairs = experiment.swapped_caption_pairs(4, 3, 32)
     true_ids = {tuple(row[row != 0].tolist()) for row in model.tokenize(pairs.true_texts)}
 
     def knowing(images, ids, sign=1.0):  # "match" for a true caption, "no match" for a swapped one
@@ -97,32 +97,32 @@ def test_swap_matching_scores_a_model_that_knows_the_truth():
         return torch.stack([torch.zeros(len(ids)), sign * (is_true.float() * 2 - 1)], 1)
 
     model.itm_logits = knowing
-    scores = draft.swap_matching(model, pairs, batch_size=3)
+    scores = experiment.swap_matching(model, pairs, batch_size=3)
     assert scores["itm_accuracy"] == 1.0 and scores["itm_pairwise"] == 1.0
     assert 0.0 <= scores["itc_pairwise"] <= 1.0
     model.itm_logits = lambda images, ids: knowing(images, ids, -1.0)
-    assert draft.swap_matching(model, pairs)["itm_pairwise"] == 0.0
+    assert experiment.swap_matching(model, pairs)["itm_pairwise"] == 0.0
 
 
 def test_gradcam_pointing_gives_scores_between_zero_and_one():
     model = tiny_albef()
     examples = referring_examples(4, 2, 32)
-    scores = draft.gradcam_pointing(model, examples, batch_size=3)
+    scores = experiment.gradcam_pointing(model, examples, batch_size=3)
     assert set(scores) >= {"pointing_game", "mass_inside", "chance"}
     assert all(0.0 <= scores[name] <= 1.0 for name in ("pointing_game", "mass_inside", "chance"))
-    attention = draft.gradcam_pointing(model, examples, method="attention")
+    attention = experiment.gradcam_pointing(model, examples, method="attention")
     assert 0.0 <= attention["pointing_game"] <= 1.0
     with pytest.raises(ValueError, match="method='saliency' is unknown"):
-        draft.gradcam_pointing(model, examples, method="saliency")
+        experiment.gradcam_pointing(model, examples, method="saliency")
 
 
 def test_train_albef_runs_a_micro_recipe_and_measures_it():
-    pairs = draft.web_training_pairs(MICRO, 0)
+    pairs = experiment.web_training_pairs(MICRO, 0)
     assert len(pairs) == 48  # one world caption and one full caption per scene
-    model, history, seconds = draft.train_albef(pairs, draft.ALBEF_VARIANTS["+ momentum distillation + MLM"], MICRO)
+    model, history, seconds = experiment.train_albef(pairs, experiment.ALBEF_VARIANTS["+ momentum distillation + MLM"], MICRO)
     assert seconds > 0 and {"itc", "itm", "mlm", "itm_accuracy"} <= set(history.last)
-    tests = draft.albef_test_sets(MICRO.n_test, 100, MICRO.image_size)
-    scores = draft.measure_albef(model, tests)
+    tests = experiment.albef_test_sets(MICRO.n_test, 100, MICRO.image_size)
+    scores = experiment.measure_albef(model, tests)
     assert set(scores) == {"i2t_R@1", "itm_accuracy", "itm_pairwise", "itc_pairwise", "pointing_game",
                            "mass_inside", "mass_chance", "attention_pointing_game", "attention_mass_inside"}
     assert all(0.0 <= value <= 1.0 for value in scores.values())

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmcourse.experiments.alignment import blip as draft
+from mmcourse.experiments.alignment import blip as experiment
 from mmcourse.models.blip import Captioner
 from mmcourse.world.language import describe, noisy_captions
 from mmcourse.world.scene import sample_scenes
 
-MICRO = replace(draft.capfilt_recipe("ci"), n_clean=12, n_web=12, captions_per_image=2, image_size=32, patch_size=4,
+MICRO = replace(experiment.capfilt_recipe("ci"), n_clean=12, n_web=12, captions_per_image=2, image_size=32, patch_size=4,
                 width=16, captioner_epochs=1, filter_epochs=1, batch_size=8, retrieval_steps=3, retrieval_batch=8,
                 retrieval_width=16, n_test=4, max_caption_length=12)
 
@@ -24,28 +24,28 @@ def _one_thread(one_torch_thread):
 
 
 def test_recipes_name_the_scales():
-    assert set(draft.CAPFILT_RECIPES) == {"ci", "cpu", "gpu"}
+    assert set(experiment.CAPFILT_RECIPES) == {"ci", "cpu", "gpu"}
     with pytest.raises(ValueError, match="scale='tpu' is unknown"):
-        draft.capfilt_recipe("tpu")
+        experiment.capfilt_recipe("tpu")
 
 
 def test_filter_quality_treats_keep_as_the_positive_class_and_clean_as_what_to_keep():
     keep = torch.tensor([True, True, False, False, True])
     is_noisy = torch.tensor([False, True, False, True, False])
-    quality = draft.filter_quality(keep, is_noisy)  # clean: 0, 2, 4; kept: 0, 1, 4
+    quality = experiment.filter_quality(keep, is_noisy)  # clean: 0, 2, 4; kept: 0, 1, 4
     assert quality == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "kept": 0.6})
-    nothing = draft.filter_quality(torch.zeros(5, dtype=torch.bool), is_noisy)
+    nothing = experiment.filter_quality(torch.zeros(5, dtype=torch.bool), is_noisy)
     assert math.isnan(nothing["precision"]) and nothing["recall"] == 0.0
     with pytest.raises(ValueError, match="bool tensors of the same shape"):
-        draft.filter_quality(keep, is_noisy[:4])
+        experiment.filter_quality(keep, is_noisy[:4])
     with pytest.raises(ValueError, match="bool tensors"):
-        draft.filter_quality(keep.long(), is_noisy)
+        experiment.filter_quality(keep.long(), is_noisy)
 
 
 def test_filter_sweep_trades_recall_for_precision():
     scores = torch.tensor([0.9, 0.7, 0.4, 0.2, 0.35])
     is_noisy = torch.tensor([False, True, False, True, False])
-    sweep = draft.filter_sweep(scores, is_noisy, thresholds=(0.3, 0.5))
+    sweep = experiment.filter_sweep(scores, is_noisy, thresholds=(0.3, 0.5))
     assert sweep[0.3] == pytest.approx({"precision": 3 / 4, "recall": 1.0, "kept": 0.8})
     assert sweep[0.5] == pytest.approx({"precision": 1 / 2, "recall": 1 / 3, "kept": 0.4})
 
@@ -54,22 +54,22 @@ def test_caption_truth_reads_true_false_and_ungrammatical_captions():
     scene = sample_scenes(1, 4)[0]
     true_text = describe(scene, 4, 1)[0]
     swapped = next(c for c in noisy_captions(scene, 4, 8, noise_rate=1.0, kinds=("swap",)) if c.noise_kind == "swap")
-    true, readable = draft.caption_truth([scene] * 3, [true_text, swapped.text, "click here for more photos"])
+    true, readable = experiment.caption_truth([scene] * 3, [true_text, swapped.text, "click here for more photos"])
     assert true.tolist() == [True, False, False] and readable.tolist() == [True, True, False]
     with pytest.raises(ValueError, match="one caption per scene"):
-        draft.caption_truth([scene], ["a", "b"])
+        experiment.caption_truth([scene], ["a", "b"])
 
 
 def test_clean_and_web_sets_hold_what_the_recipe_says():
-    clean, web = draft.clean_and_web_sets(MICRO, 0)
+    clean, web = experiment.clean_and_web_sets(MICRO, 0)
     assert len(clean) == 12 * 2 + 12 and not clean.is_noisy.any()  # world captions and one full caption each
     assert len(web) == 24 and web.spec["noise_rate"] == MICRO.web_noise_rate
 
 
 def test_retrieval_loader_gives_exactly_the_recipe_steps():
-    clean, _ = draft.clean_and_web_sets(MICRO, 0)
+    clean, _ = experiment.clean_and_web_sets(MICRO, 0)
     recipe = replace(MICRO, retrieval_steps=7, retrieval_batch=5)
-    loader = draft.retrieval_loader(clean, recipe, 0)
+    loader = experiment.retrieval_loader(clean, recipe, 0)
     batches = list(loader)
     assert len(loader) == 7 and len(batches) == 7 and all(len(b["tokens"]) == 5 for b in batches)
 
@@ -78,15 +78,15 @@ def test_synthetic_captions_are_padded_to_the_recipe_length():
     torch.manual_seed(0)
     captioner = Captioner(image_size=32, patch_size=4, width=16, image_depth=1, decoder_depth=1, heads=2)
     images = torch.rand(3, 3, 32, 32)
-    ids, texts = draft.synthetic_captions(captioner, images, MICRO, seed=1, batch_size=2)
+    ids, texts = experiment.synthetic_captions(captioner, images, MICRO, seed=1, batch_size=2)
     assert ids.shape == (3, 12) and len(texts) == 3 and (ids[:, 0] == 5).all()
-    again, _ = draft.synthetic_captions(captioner, images, MICRO, seed=1, batch_size=2)
-    other, _ = draft.synthetic_captions(captioner, images, MICRO, seed=2, batch_size=2)
+    again, _ = experiment.synthetic_captions(captioner, images, MICRO, seed=1, batch_size=2)
+    other, _ = experiment.synthetic_captions(captioner, images, MICRO, seed=2, batch_size=2)
     assert torch.equal(ids, again) and not torch.equal(ids, other)
 
 
 def test_run_capfilt_measures_every_part_on_a_micro_recipe():
-    result = draft.run_capfilt(MICRO, seed=0)
+    result = experiment.run_capfilt(MICRO, seed=0)
     assert result.pairs["(a) raw web"] == 24
     assert result.pairs["(c) filtered web + filtered synthetic"] >= result.pairs["(b) filtered web"]
     assert set(result.recall_at_1) == set(result.pairs)

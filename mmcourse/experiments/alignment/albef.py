@@ -17,7 +17,7 @@ is measured three ways (`measure_albef`):
   for the plain cross-attention.
 
 `ALBEF_RECIPES` holds the sizes per scale; `run_albef_ablation` runs it all. `ImageCaptionPairs`
-(captions on shared images, with their noise tags) is also the data type of the BLIP draft.
+(captions on shared images, with their noise tags) is also the data type of the BLIP experiment (`blip.py` beside this module).
 """
 from __future__ import annotations
 
