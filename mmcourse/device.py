@@ -16,6 +16,10 @@ import torch
 from .results import note_run
 
 DEVICE_ORDER = ("cuda", "mps", "cpu")
+DEVICE_ENV = "MMCOURSE_DEVICE"
+# Seeds are ints in [0, SEED_LIMIT): torch takes seeds below 2**64, and the margin below that leaves room for
+# the `seed + offset` arithmetic of the experiments. NumPy and Python take any non-negative int.
+SEED_LIMIT = 2**63
 
 
 def _available(kind: str) -> bool:
@@ -31,14 +35,34 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
 
     `MMCOURSE_DEVICE` in the environment overrides the automatic choice (e.g. "cpu" to force CPU).
     """
-    prefer = prefer if prefer is not None else os.environ.get("MMCOURSE_DEVICE") or None
     if prefer is not None:
-        device = torch.device(prefer)
-        if not _available(device.type):
-            raise ValueError(f"prefer={str(prefer)!r} is not available on this machine; "
-                             f"available: {[k for k in DEVICE_ORDER if _available(k)]}")
-        return device
+        return _checked_device(prefer, "prefer")
+    configured = os.environ.get(DEVICE_ENV)
+    if configured:
+        return _checked_device(configured, DEVICE_ENV)
     return torch.device(next(kind for kind in DEVICE_ORDER if _available(kind)))
+
+
+def _checked_device(prefer: str | torch.device, source: str) -> torch.device:
+    """`prefer` as a device of this machine; ValueError naming `source` (the argument or the
+    environment variable) when it is not one of DEVICE_ORDER, is malformed, absent or out of range."""
+    if not isinstance(prefer, (str, torch.device)):
+        raise TypeError(f"{source} must be a str or torch.device, got {type(prefer).__name__}")
+    expected = f"expected one of {DEVICE_ORDER}, optionally with an index such as 'cuda:1'"
+    if str(prefer).split(":")[0] not in DEVICE_ORDER:
+        raise ValueError(f"{source}={str(prefer)!r} is not a device type the course knows; {expected}")
+    try:
+        device = torch.device(prefer)
+    except RuntimeError:
+        raise ValueError(f"{source}={str(prefer)!r} is not a valid device string; {expected}") from None
+    if not _available(device.type):
+        raise ValueError(f"{source}={str(prefer)!r} is not available on this machine; "
+                         f"available: {[k for k in DEVICE_ORDER if _available(k)]}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{source}={str(prefer)!r} names device index {device.index}, but this machine has "
+                         f"{count} {device.type} device(s), numbered from 0")
+    return device
 
 
 def is_accelerator(device: str | torch.device) -> bool:
@@ -61,15 +85,26 @@ def needs_grad_scaler(device: str | torch.device, enabled: bool = True) -> bool:
     return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
 
 
+def check_seed(seed) -> int:
+    """Validate a seed (an int in [0, 2**63), bools refused) and return it as a Python int: the one rule
+    for seeds in the whole course, from `seed_everything` to the world's `sample_scenes`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if seed >= SEED_LIMIT:
+        raise ValueError(f"seed must be < 2**63 (torch's generators take seeds below 2**64), got {seed}")
+    return int(seed)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same way."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = check_seed(seed)
     note_run(seed=seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(seed)
 
 
 def env_report() -> dict[str, str]:

@@ -52,11 +52,13 @@ def _check_ndim(array: np.ndarray, name: str, ndim: int, expected: str) -> None:
 
 
 def _labels(values: Any, name: str) -> np.ndarray:
-    """`values` as a non-negative integer array."""
+    """`values` as a non-negative integer array (an empty list, which NumPy reads as float, included)."""
     array = _to_numpy(values, name)
+    if array.size == 0:
+        return array.astype(np.int64)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
-    if array.size and array.min() < 0:
+    if array.min() < 0:
         raise ValueError(f"{name} must hold non-negative labels, got minimum {array.min()}")
     return array
 
@@ -77,7 +79,10 @@ def _scores(values: Any, name: str, ndim: int, expected: str) -> np.ndarray:
     _check_ndim(array, name, ndim, expected)
     if array.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {array.shape}")
-    array = array.astype(np.float64)
+    return _check_finite(array.astype(np.float64), name)
+
+
+def _check_finite(array: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, found nan or inf")
     return array
@@ -98,7 +103,7 @@ def accuracy(logits_or_predictions: Any, targets: Any) -> float:
         raise ValueError("accuracy of zero examples is undefined: targets is empty")
     if scores.ndim == 2:
         _check_below(targets, "targets", scores.shape[1], "the number of logit columns C")
-        predictions = scores.argmax(axis=1)
+        predictions = _check_finite(scores, "logits_or_predictions").argmax(axis=1)
     elif scores.ndim == 1:
         if scores.dtype.kind not in "iu":
             raise TypeError("logits_or_predictions of shape (N,) must hold integer class predictions, "

@@ -25,6 +25,12 @@ global RNG, which is restored too. Loaders with `persistent_workers=True` keep w
 checkpoint can hold; use `num_workers=0` or non-persistent workers when exact resumption matters.
 The Apple MPS generator is not saved, so resumption is exact on CPU and CUDA only.
 
+A checkpoint is never trusted blindly. The file is a header line, the SHA-256 of the rest and then
+what `torch.save` wrote, so a flipped byte or a truncated copy fails the checksum before anything is
+unpickled; it records the model it belongs to (class name and the shape of every state entry), so
+loading it into another model, or one of another configuration, is refused; and it is read with
+`torch.load(weights_only=True)` only. Each refusal is one sentence naming the file.
+
 Performance: the loss and the logged values are summed on the device and read once per epoch (and
 every `BAR_EVERY` batches while a progress bar shows), so the GPU is not stalled by a `.item()` per
 batch. The check for a non-finite loss is read at the same moments; its error names the first bad
@@ -33,11 +39,15 @@ batch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import itertools
 import json
 import os
+import pickle
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +62,9 @@ from mmcourse.device import autocast, get_device, is_accelerator, needs_grad_sca
 DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.0
 BAR_EVERY = 20  # batches between two refreshes of the running loss on the progress bar
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_HEADER = b"mmcourse checkpoint\n"  # followed by the SHA-256 (hex) of the rest, then torch.save's bytes
+DIGEST_LENGTH = 64  # hex characters of a SHA-256
 RESERVED_NAMES = ("epoch", "loss", "train_loss", "grad_norm", "lr", "seconds")
 SCHEDULER_EVERY = ("epoch", "batch")
 
@@ -274,6 +286,57 @@ def _set_rng_state(state: Mapping[str, Any], loader: Any = None) -> None:
             generator.set_state(generator_state)
 
 
+def _model_record(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint remembers of its model: the class name and the shape of every state entry."""
+    return {"class": type(model).__qualname__,
+            "shapes": {name: list(value.shape) for name, value in model.state_dict().items()
+                       if isinstance(value, torch.Tensor)}}
+
+
+def _check_model_record(path: Path, record: Mapping[str, Any], model: nn.Module) -> None:
+    """Refuse a checkpoint saved from another class of model, or from one of another configuration."""
+    own = _model_record(model)
+    if record["class"] != own["class"]:
+        raise ValueError(f"{path} is a checkpoint of a {record['class']}, not of a {own['class']}")
+    saved, shapes = record["shapes"], own["shapes"]
+    for name in [*shapes, *(name for name in saved if name not in shapes)]:
+        if saved.get(name) != shapes.get(name):
+            raise ValueError(f"{path} was saved from a {own['class']} of another configuration: its {name!r} is "
+                             f"{_shape_text(saved.get(name))} where this model's is {_shape_text(shapes.get(name))}")
+
+
+def _shape_text(shape: list[int] | None) -> str:
+    return "absent" if shape is None else f"of shape {tuple(shape)}"
+
+
+def _verified_body(path: Path) -> bytes:
+    """What `torch.save` wrote into the checkpoint at `path`, once its header and checksum are verified."""
+    data = path.read_bytes()
+    if not data.startswith(CHECKPOINT_HEADER):
+        raise ValueError(f"{path} is not a checkpoint written by mmcourse.train.save_checkpoint: it lacks the "
+                         "checkpoint header (is it from torch.save, another tool or an older mmcourse?)")
+    start = len(CHECKPOINT_HEADER) + DIGEST_LENGTH
+    digest, body = data[len(CHECKPOINT_HEADER):start], data[start:]
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise ValueError(f"{path} is corrupt or truncated: its contents do not match the checksum saved with them")
+    return body
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Refuse what `torch.load(weights_only=True)` would refuse to read back: anything but dicts, lists,
+    tuples, strings, bytes, numbers, None and tensors (a NumPy float, say)."""
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            _check_loadable(key, f"a key of {where}")
+            _check_loadable(item, f"{where}[{key!r}]")
+    elif type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            _check_loadable(item, f"{where}[{index}]")
+    elif not (isinstance(value, torch.Tensor) or type(value) in (str, bytes, int, float, bool, type(None))):
+        raise TypeError(f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, lists, tuples, "
+                        "strings, numbers, None and tensors (convert it, e.g. with float() or .tolist())")
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -290,8 +353,10 @@ def save_checkpoint(
     state), `epoch`, `history` and `extra` to `path`, atomically: the data goes to a temporary
     file next to `path` that replaces it only once complete, so a crash never leaves a torn file.
 
-    `extra` must hold plain Python containers, numbers, strings and tensors (loading uses
-    `torch.load(weights_only=True)`). Returns the path written.
+    `extra` (and `history`) must hold plain Python containers, numbers, strings and tensors, since
+    loading uses `torch.load(weights_only=True)`; anything else is refused here, before it is written.
+    The file also holds a record of `model` and a SHA-256 of its contents (see the module docstring).
+    Returns the path written.
     """
     path = Path(path)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -301,6 +366,7 @@ def save_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
+        "model_record": _model_record(model),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -309,11 +375,16 @@ def save_checkpoint(
         "history": list(history.records) if history is not None else [],
         "extra": dict(extra) if extra is not None else None,
     }
+    _check_loadable(payload["extra"], "extra")
+    _check_loadable(payload["history"], "history")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "wb") as file:
-            torch.save(payload, file)
+            file.write(CHECKPOINT_HEADER + hashlib.sha256(body).hexdigest().encode() + body)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
@@ -340,16 +411,27 @@ def load_checkpoint(
     `scaler` as it is, so a float16 GPU can resume a run started elsewhere. With `restore_rng` (the default) the torch, CUDA, NumPy and Python RNG
     states are put back as they were at save time, and `loader`'s generator too when given, so
     training continues exactly as it would have. Returns {"epoch", "history", "extra"}.
+
+    A file that is not such a checkpoint, is corrupt or truncated, or belongs to another model (or
+    to one of another configuration) is refused with a ValueError naming it; nothing is loaded then.
     """
-    state = torch.load(Path(path), map_location=map_location or "cpu", weights_only=True)
+    path = Path(path)
+    try:
+        state = torch.load(io.BytesIO(_verified_body(path)), map_location=map_location or "cpu", weights_only=True)
+    except pickle.UnpicklingError:  # never take torch's advice to load with weights_only=False
+        raise ValueError(f"{path} holds Python objects that a checkpoint may not hold, so it is refused "
+                         "unloaded: it was not written by mmcourse.train.save_checkpoint") from None
     if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by mmcourse.train.save_checkpoint")
-    model.load_state_dict(state["model"])
-    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if target is None:
-            continue
+        raise ValueError(f"{path} is a checkpoint of another format than {CHECKPOINT_FORMAT}, written by another "
+                         "version of mmcourse")
+    _check_model_record(path, state["model_record"], model)
+    targets = {name: target for name, target in (("optimizer", optimizer), ("scheduler", scheduler))
+               if target is not None}
+    for name in targets:
         if state[name] is None:
             raise ValueError(f"{name} was given but the checkpoint {path} holds no {name} state")
+    model.load_state_dict(state["model"])
+    for name, target in targets.items():
         target.load_state_dict(state[name])
     if scaler is not None and state["scaler"]:  # saved without loss scaling: a fresh scaler recalibrates itself
         scaler.load_state_dict(state["scaler"])

@@ -97,3 +97,37 @@ def test_bad_specs_are_rejected(spec, tmp_path):
 def test_object_arrays_are_refused(tmp_path):
     with pytest.raises(TypeError, match="build"):
         cache.cached_arrays(SPEC, lambda: {"bad": np.array([{"a": 1}], dtype=object)}, tmp_path)
+
+
+def test_a_sound_file_of_another_spec_is_rebuilt_not_served(tmp_path):
+    seed_one = cache.cached_arrays({**SPEC, "seed": 1}, lambda: {"seed": np.array([1])}, tmp_path)
+    seed_one_path = only_file(tmp_path)
+    seed_zero_path = seed_one_path.with_name(f"demo-{cache.spec_key(SPEC)}.npz")
+    seed_one_path.rename(seed_zero_path)  # seed 1's file copied under seed 0's name
+    with pytest.warns(RuntimeWarning, match=f"{seed_zero_path.name} was built from the spec .*\"seed\": 1"):
+        seed_zero = cache.cached_arrays(SPEC, lambda: {"seed": np.array([0])}, tmp_path)
+    assert seed_one["seed"][0] == 1 and seed_zero["seed"][0] == 0
+    assert cache.cached_arrays(SPEC, make_builder([]), tmp_path)["seed"][0] == 0  # repaired on disk
+
+
+def test_a_file_of_the_format_without_a_spec_is_rebuilt_quietly(tmp_path, recwarn):
+    path = tmp_path / f"demo-{cache.spec_key(SPEC)}.npz"
+    old = {"seed": np.array([7])}
+    np.savez(path, **old, **{cache.CHECKSUM_KEY: np.array(cache.checksum(old))})  # sound, but no spec stored
+    assert cache.cached_arrays(SPEC, lambda: {"seed": np.array([0])}, tmp_path)["seed"][0] == 0
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("name", [cache.CHECKSUM_KEY, cache.SPEC_KEY])
+def test_reserved_names_are_refused(tmp_path, name):
+    with pytest.raises(TypeError, match=name):
+        cache.cached_arrays(SPEC, lambda: {name: np.zeros(1)}, tmp_path)
+
+
+def test_a_cache_folder_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for configured in (blocker, blocker / "below"):
+        monkeypatch.setenv("MMCOURSE_CACHE_DIR", str(configured))
+        with pytest.raises(ValueError, match=f"MMCOURSE_CACHE_DIR=.* must name a folder .* {blocker} is a file"):
+            cache.cached_arrays(SPEC, make_builder([]))

@@ -85,9 +85,10 @@ def test_seed_everything_makes_torch_and_numpy_repeat():
     assert generator.initial_seed() == 7
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
-def test_seed_everything_rejects_bad_seeds(bad):
-    with pytest.raises(ValueError, match="seed"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (2**63, ValueError), (2**70, ValueError),
+                                        (1.5, TypeError), ("0", TypeError), (True, TypeError)])
+def test_seed_everything_rejects_bad_seeds(bad, error):
+    with pytest.raises(error, match="seed"):
         seed_everything(bad)
 
 

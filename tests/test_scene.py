@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from mmcourse.world.scene import PRESETS, Scene, SceneObject, sample_scenes
@@ -101,14 +102,16 @@ def test_sample_scenes_rejects_bad_input(kwargs, error, argument):
         sample_scenes(**kwargs)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("color", "magenta"), ("shape", "star"), ("size", "huge"), ("style", "dotted"),
-    ("x", 1.5), ("x", -0.1), ("y", 2.0), ("y", "0.5"),
+@pytest.mark.parametrize("field, value, error", [
+    ("color", "magenta", ValueError), ("shape", "star", ValueError), ("size", "huge", ValueError),
+    ("style", "dotted", ValueError), ("x", 1.5, ValueError), ("x", -0.1, ValueError), ("y", 2.0, ValueError),
+    ("x", float("nan"), ValueError), ("x", np.float32(1.5), ValueError), ("y", "0.5", TypeError),
+    ("y", True, TypeError),
 ])
-def test_scene_object_rejects_bad_fields(field, value):
+def test_scene_object_rejects_bad_fields(field, value, error):
     fields = dict(shape="circle", color="red", size="small", style="filled", x=0.5, y=0.5)
     fields[field] = value
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(error, match=field):
         SceneObject(**fields)
 
 

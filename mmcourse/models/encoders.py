@@ -29,6 +29,17 @@ def check_tensor(name: str, value, ndim: int, floating: bool | None = None) -> t
     return value
 
 
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Refuse an integer tensor holding an id outside [0, vocab_size), which an embedding table would
+    meet with torch's bare "index out of range in self" (or a device-side assert on a GPU)."""
+    if ids.numel():
+        low, high = (int(v) for v in torch.aminmax(ids))
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds token id {low if low < 0 else high}, outside the vocabulary "
+                             f"[0, {vocab_size}); encode texts with the model's own tokenizer")
+    return ids
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over dim 1 of (B, T, D) `x`, counting only positions where `mask` (B, T) is True."""
     if mask is None:
@@ -62,7 +73,7 @@ class ConvSequenceEncoder(nn.Module):
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-step features (B, T, width) and the mask of real steps (B, T) (None for floats)."""
         if isinstance(self.embed, nn.Embedding):
-            check_tensor("x", x, 2, floating=False)
+            check_token_ids("x", check_tensor("x", x, 2, floating=False), self.embed.num_embeddings)
             mask = x != self.pad_id  # (B, T)
         else:
             check_tensor("x", x, 3, floating=True)
@@ -177,7 +188,7 @@ class TextTransformer(nn.Module):
         self.pad_id, self.causal, self.max_length, self.width = pad_id, causal, max_length, width
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_tensor("ids", ids, 2, floating=False)
+        check_token_ids("ids", check_tensor("ids", ids, 2, floating=False), self.embed.num_embeddings)
         if ids.shape[1] > self.max_length:
             raise ValueError(f"ids has {ids.shape[1]} positions, more than max_length={self.max_length}")
         padding = ids == self.pad_id  # (B, L), True where there is no token

@@ -95,7 +95,7 @@ def append_one(x: torch.Tensor) -> torch.Tensor:
 def average_logits(logits: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
     """Late fusion's combination: the (weighted) mean of M per-modality logits, each (B, C).
 
-    `weights` is (M,) and sums to one; None means uniform (the plain average).
+    `weights` is (M,) and sums to one (up to rounding in its dtype); None means uniform (the plain average).
     """
     if isinstance(logits, torch.Tensor) or not isinstance(logits, (list, tuple)) or not logits:
         raise TypeError(f"logits must be a non-empty list or tuple of (B, C) tensors, got {type(logits).__name__}")
@@ -109,6 +109,10 @@ def average_logits(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     check_tensor("weights", weights, 1, floating=True)
     if len(weights) != len(logits):
         raise ValueError(f"weights has {len(weights)} entries; expected one per modality ({len(logits)})")
+    total = float(weights.detach().double().sum())
+    if not abs(total - 1.0) <= len(weights) * torch.finfo(weights.dtype).eps:
+        raise ValueError(f"weights must sum to one, got sum {total:.6g} from {weights.tolist()}; "
+                         "divide them by their sum, or use softmax for learned weights")
     return torch.einsum("m,mbc->bc", weights, stacked)  # (B, C)
 
 

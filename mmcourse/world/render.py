@@ -11,6 +11,8 @@ distance `|distance + stroke / 2| - stroke / 2`.
 Pixel (row, col) has its centre at (col + 0.5, row + 0.5) in pixel units. An object at (x, y) with
 radius r (fractions of the canvas) is centred at (x * size, y * size) and fills the square box of
 half-side r * size around it. Objects are drawn in order, each blended over what is already there.
+Boxes must not overlap (sampled scenes never do): a scene whose boxes overlap is refused, since its
+instance mask, one object per pixel, could not show both objects.
 For speed each object is evaluated only on the small window of pixels around its box.
 """
 from __future__ import annotations
@@ -132,6 +134,19 @@ def _boxes(scene: Scene, size: int) -> np.ndarray:
     return np.clip(np.concatenate([centres - radii, centres + radii], axis=1), 0, size).astype(np.float32)
 
 
+def _check_disjoint(scene: Scene) -> None:
+    """Refuse a scene with two objects whose boxes overlap (boxes that only touch are allowed): the
+    instance mask gives every pixel to one object, so one drawn over another would lose its pixels."""
+    objects = scene.objects
+    for i, a in enumerate(objects):
+        for j in range(i + 1, len(objects)):
+            b = objects[j]
+            if max(abs(a.x - b.x), abs(a.y - b.y)) < a.radius + b.radius:
+                raise ValueError(f"scene.objects[{i}] at ({a.x}, {a.y}) and scene.objects[{j}] at ({b.x}, {b.y}) "
+                                 f"overlap: their boxes must be disjoint to render, since the instance mask holds one "
+                                 f"object per pixel; move them at least {a.radius + b.radius:.4g} apart in x or in y")
+
+
 def _check_size(size) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size={size!r} is not allowed; expected an int in [{MIN_SIZE}, {MAX_SIZE}]")
@@ -142,6 +157,7 @@ def render(scene: Scene, size: int | None = None) -> Rendered:
     """Draw `scene` on a `size` x `size` canvas (default: its preset's image size)."""
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    _check_disjoint(scene)
     size = _check_size(scene.spec.image_size if size is None else size)
     image = _blank_canvas(size).copy()  # (H, W, 3)
     instance_mask = np.zeros((size, size), dtype=np.int32)  # (H, W)

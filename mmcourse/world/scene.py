@@ -11,9 +11,12 @@ Coordinates: `x` grows to the right and `y` grows downwards, both in [0, 1] (ima
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from numbers import Real
 from typing import Sequence
 
 import numpy as np
+
+from ..device import check_seed
 
 ATTRIBUTES = ("shape", "color", "size", "style")
 
@@ -33,6 +36,10 @@ SIZE_RADIUS: dict[str, float] = {"small": 0.075, "large": 0.12, "medium": 0.067}
 ALL_SHAPES = ("circle", "square", "triangle", "diamond")
 ALL_STYLES = ("filled", "outline")
 BACKGROUND_RGB = (240, 240, 240)
+# The most scenes one `sample_scenes` call makes: each takes about 2 KB of memory and 1 ms to sample,
+# so this is already gigabytes and hours; a larger count is a mistake better refused than run.
+MAX_SCENES = 10_000_000
+SCENE_BYTES = 2_000  # the rough memory of one sampled scene, for the message refusing larger counts
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ PRESETS: dict[str, Preset] = {
 @dataclass(frozen=True)
 class SceneObject:
     """One object. `x`, `y` are its centre in [0, 1]; `radius` is half the side of the axis-aligned
-    square box that holds the shape, in the same unit. Boxes of a scene never overlap."""
+    square box that holds the shape, in the same unit. Boxes of a sampled scene never overlap."""
 
     shape: str
     color: str
@@ -102,8 +109,13 @@ class SceneObject:
                 raise ValueError(f"SceneObject {name}={value!r} is unknown; expected one of {known}")
         for name in ("x", "y"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"SceneObject {name}={value!r} must be a number in [0, 1]")
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"SceneObject {name} must be a real number in [0, 1], got {type(value).__name__} "
+                                f"{value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"SceneObject {name} must lie in [0, 1], got {float(value)}")
+            if not isinstance(value, float):  # ints and NumPy scalars such as np.float32 become Python floats
+                object.__setattr__(self, name, float(value))
 
     @property
     def radius(self) -> float:
@@ -124,8 +136,9 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A list of non-overlapping objects (their boxes are disjoint) and the preset whose vocabulary
-    they use."""
+    """A list of objects and the preset whose vocabulary they use. Sampled scenes place the objects'
+    boxes apart; a hand-built one may put them anywhere for captions and questions, but `render`
+    refuses overlapping boxes."""
 
     objects: tuple[SceneObject, ...]
     preset: str = "default"
@@ -170,11 +183,6 @@ def check_count(name: str, value, minimum: int = 0) -> int:
     return int(value)
 
 
-def check_seed(seed) -> int:
-    """Validate a seed (a non-negative int) and return it."""
-    return check_count("seed", seed, 0)
-
-
 def scene_rng(seed: int, index: int, stream: str = "scene") -> np.random.Generator:
     """The generator for item `index` of a seeded collection; `stream` separates independent uses."""
     stream_id = int.from_bytes(stream.encode()[:8].ljust(8, b"\0"), "little")
@@ -188,6 +196,9 @@ def sample_scenes(n: int, seed: int, preset: str = "default", num_objects: int |
     that cannot be placed without overlap raises ValueError.
     """
     n = check_count("n", n)
+    if n > MAX_SCENES:
+        raise ValueError(f"n={n} scenes would not fit in memory (about {n * SCENE_BYTES / 1e9:.3g} GB at "
+                         f"{SCENE_BYTES} bytes each); sample_scenes makes at most {MAX_SCENES:,} per call")
     seed = check_seed(seed)
     spec = get_preset(preset)
     if num_objects is not None:
