@@ -37,16 +37,6 @@ def test_recipes_name_the_scales():
                                           "+ momentum distillation + MLM"]
 
 
-def test_swapped_caption_pairs_differ_by_one_attribute_and_are_false():
-    pairs = experiment.swapped_caption_pairs(6, 3, 32)
-    assert len(pairs) == 6 and pairs.images.shape == (6, 3, 32, 32)
-    for scene, true, swapped in zip(pairs.scenes, pairs.true_texts, pairs.swapped_texts):
-        assert caption_is_true(scene, true) and not caption_is_true(scene, swapped)
-        old, new = split_words(true), split_words(swapped)
-        changed = [w for w in range(len(old)) if old[w] != new[w]]
-        assert len(old) == len(new) and 1 <= len(changed) <= 2  # the word, and maybe its article a/an
-
-
 def test_image_caption_pairs_follow_a_caption_dataset():
     dataset = CaptionDataset(4, 5, image_size=32, captions_per_image=2, noise_rate=0.5)
     pairs = experiment.ImageCaptionPairs.from_captions(dataset)
@@ -126,3 +116,34 @@ def test_train_albef_runs_a_micro_recipe_and_measures_it():
     assert set(scores) == {"i2t_R@1", "itm_accuracy", "itm_pairwise", "itc_pairwise", "pointing_game",
                            "mass_inside", "mass_chance", "attention_pointing_game", "attention_mass_inside"}
     assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+def test_run_albef_ablation_returns_each_variants_measurements_and_model():
+    variants = {name: experiment.ALBEF_VARIANTS[name] for name in ("ITC", "+ ITM, hard negatives")}
+    results, models = experiment.run_albef_ablation(MICRO, seed=1, variants=variants)
+    assert list(results) == list(models) == list(variants)
+    assert all(isinstance(model, ALBEF) for model in models.values())
+    assert "itm" not in results["ITC"]["history"].last and "itm" in results["+ ITM, hard negatives"]["history"].last
+
+
+def test_false_negative_rates_see_true_captions_among_the_negatives(monkeypatch):
+    from mmcourse.world import describe, sample_scenes
+    n, seed = 64, 5
+    scenes = sample_scenes(n, seed)
+    texts = [describe(scene, seed, 1)[0] for scene in scenes]
+    truth = torch.tensor([[float(caption_is_true(s, t)) for t in texts] for s in scenes])  # (n, n)
+    model = tiny_albef()
+    # an ITC that knows the truth: similarity[i, j] = 10 / tau * [caption j is true of image i]
+    monkeypatch.setattr(experiment, "encode_images", lambda m, images: 10 * truth)
+    monkeypatch.setattr(experiment, "encode_texts", lambda m, t: torch.eye(n))
+    rates = experiment.false_negative_rates(model, n, seed, image_size=32, batch_size=16, draws=8)
+    others = ~torch.eye(n, dtype=torch.bool)
+    assert 0.0 < rates["random"] < 0.6  # about the share of true captions among the others
+    assert rates["hard"] > rates["random"] + 0.2  # similar captions are true ones: hard negatives are false ones
+    assert rates["similarity_gap"] == pytest.approx(10.0 / float(model.temperature))
+    assert truth[others].mean() > 0.0
+
+
+def test_false_negative_rates_refuse_too_few_scenes():
+    with pytest.raises(ValueError, match="n=8 is smaller than batch_size=16"):
+        experiment.false_negative_rates(tiny_albef(), 8, 0, image_size=32, batch_size=16)

@@ -67,6 +67,8 @@ def test_pretraining_loader_is_seeded_and_drops_the_last_small_batch(dataset):
     assert [len(b["index"]) for b in ordered] == [10, 10, 10, 10, 8]
     with pytest.raises(ValueError, match="batch_size"):
         pretraining_loader(dataset, 1, seed=0)
+    with pytest.raises(TypeError, match="dataset must be a torch Dataset"):
+        pretraining_loader([1, 2, 3], 2, seed=0)
 
 
 # -------------------------------------------------------------------------------------------- measurements

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from mmcourse.models.layers import (IGNORE_INDEX, MultiHeadAttention, PatchEmbedding, TransformerEncoder,
-                                    TransformerLayer, attention, mask_tokens, mismatched_partners, mlm_loss)
+                                    TransformerLayer, attention, balanced_class_weights, mask_tokens,
+                                    mismatched_partners, mlm_loss, stack_padded)
 
 
 def torch_attention_like(ours: MultiHeadAttention) -> nn.MultiheadAttention:
@@ -178,3 +179,18 @@ def test_mismatched_partners_never_pair_a_row_with_itself():
     assert off_diagonal.min() > 0.8 * 2000 / 4  # every other row is drawn about equally often
     with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
         mismatched_partners(1)
+
+
+def test_stack_padded_pads_to_one_length_and_cuts_empty_columns():
+    first, second = torch.tensor([[5, 6, 0, 0]]), torch.tensor([[7, 8, 9], [4, 0, 0]])
+    assert stack_padded([first, second], pad_id=0).tolist() == [[5, 6, 0], [7, 8, 9], [4, 0, 0]]
+
+
+def test_balanced_class_weights_give_each_class_half_of_the_weight():
+    labels = torch.tensor([1, 1, 0, 0, 0, 0])
+    weights = balanced_class_weights(labels)
+    assert weights.tolist() == pytest.approx([0.75, 1.5])
+    assert float(weights[labels].sum()) == pytest.approx(len(labels))
+    assert (weights[labels][labels == 0].sum() == weights[labels][labels == 1].sum())
+    with pytest.raises(ValueError, match="both classes"):
+        balanced_class_weights(torch.ones(4, dtype=torch.long))

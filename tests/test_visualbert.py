@@ -181,6 +181,28 @@ def test_loss_at_initialisation_is_chance_and_is_reproducible(batch):
     assert model.regions.backbone.body[0].weight.grad.abs().sum() > 0
 
 
+def test_swapped_captions_join_the_itm_negatives_with_balanced_classes(batch):
+    torch.manual_seed(0)
+    model = VisualBERTPretraining(width=32, depth=1, heads=4)
+    swapped = batch["tokens"].clone()
+    swapped[:, 2] = default_tokenizer().stoi["purple"]
+    has_swap = torch.tensor([True, False, True, True, False, True, True, False])
+    none = {**batch, "swapped_tokens": swapped, "has_swap": torch.zeros(8, dtype=torch.bool)}
+    _, plain = mlm_itm_loss(model, batch, torch.Generator().manual_seed(0))
+    _, unused = mlm_itm_loss(model, none, torch.Generator().manual_seed(0))
+    assert unused["itm_loss"].item() == pytest.approx(plain["itm_loss"].item())  # no row has a swap: same loss
+    assert unused["mlm_loss"].item() == pytest.approx(plain["mlm_loss"].item())  # the true captions' masks unchanged
+    # with swaps: 8 positives, 8 partners and 5 swapped negatives, each class half of the weight
+    encoded = []
+    original_encode = model.encode
+    model.encode = lambda side, ids: encoded.append((side[0].shape[0], ids)) or original_encode(side, ids)
+    _, hard = mlm_itm_loss(model, {**batch, "swapped_tokens": swapped, "has_swap": has_swap},
+                           torch.Generator().manual_seed(0))
+    rows, texts = encoded[0]
+    assert rows == len(texts) == 8 + 8 + 5
+    assert hard["itm_loss"].item() != pytest.approx(plain["itm_loss"].item())
+
+
 def test_region_features_are_standardised_over_the_real_regions(batch):
     torch.manual_seed(0)
     model = VisualBERTPretraining(width=32, depth=1, heads=4)

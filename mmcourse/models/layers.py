@@ -238,6 +238,24 @@ def mismatched_partners(batch_size: int, generator: torch.Generator | None = Non
 # --------------------------------------------------------------------------------------------
 
 
+def stack_padded(texts: list[torch.Tensor], pad_id: int) -> torch.Tensor:
+    """(sum of rows, L) token ids: the (n, L_i) blocks right-padded with `pad_id` to one length, then
+    cut after the last column that holds a token."""
+    length = max(t.shape[1] for t in texts)
+    stacked = torch.cat([F.pad(t, (0, length - t.shape[1]), value=pad_id) for t in texts])  # (N, length)
+    used = int((stacked != pad_id).any(0).nonzero().max()) + 1
+    return stacked[:, :used]
+
+
+def balanced_class_weights(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(2,) cross-entropy class weights that give the 0s and the 1s of (N,) `labels` equal total
+    weight, however many of each there are (both classes must be present)."""
+    counts = torch.bincount(labels, minlength=2).to(dtype)  # (2,)
+    if (counts == 0).any():
+        raise ValueError(f"labels must hold both classes 0 and 1, got counts {counts.tolist()}")
+    return len(labels) / (2 * counts)
+
+
 def _non_special_ids(vocab_size: int, special_ids: tuple[int, ...], device) -> torch.Tensor:
     words = torch.ones(vocab_size, dtype=torch.bool)
     words[[i for i in special_ids if 0 <= i < vocab_size]] = False

@@ -62,7 +62,7 @@ from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
 from .encoders import RegionEncoder, check_tensor, masked_mean
-from .layers import TransformerLayer, mask_tokens, mismatched_partners, mlm_loss
+from .layers import TransformerLayer, balanced_class_weights, mask_tokens, mismatched_partners, mlm_loss, stack_padded
 from .region_word import region_mask_of
 from .visualbert import BERT_EPS, MaskedLanguageModelHead, init_bert_weights, special_ids
 
@@ -238,29 +238,19 @@ def vilbert_loss(model: ViLBERT, batch: dict,
         swapped_rows = torch.as_tensor(batch["has_swap"]).cpu().nonzero().squeeze(1)  # (S,)
         negatives.append(batch["swapped_tokens"][swapped_rows.to(ids.device)])  # (S, L') hard negatives
         images_of.append(swapped_rows)
-    texts = _stack_padded([ids] + negatives, model.tokenizer.pad_id)  # (B + N, L): true captions first
+    texts = stack_padded([ids] + negatives, model.tokenizer.pad_id)  # (B + N, L): true captions first
     masked, labels = mask_tokens(texts, model.tokenizer.mask_id, model.tokenizer.vocab_size,
                                  special_ids(model.tokenizer), generator=generator)  # (B + N, L) each
     images_of = torch.cat(images_of).to(ids.device)  # (B + N,) the image each text is read with
     text, image = model.encode(image[images_of], image_padding[images_of], masked)  # (B + N, L, D), (B + N, 1 + K, D)
     itm_logits = model.matching_logits(text, image)  # (B + N, 2)
     matches = (torch.arange(len(texts), device=ids.device) < size).long()  # (B + N,) 1 for the true pairs
-    class_weights = len(texts) / (2 * torch.bincount(matches, minlength=2).to(itm_logits.dtype))  # (2,) balanced
-    loss_itm = F.cross_entropy(itm_logits, matches, weight=class_weights)
+    loss_itm = F.cross_entropy(itm_logits, matches, weight=balanced_class_weights(matches, itm_logits.dtype))
     loss_mlm = mlm_loss(model.mlm_head(text[:size]), labels[:size])
     with torch.no_grad():
         itm_accuracy = (itm_logits.argmax(-1) == matches).float().mean()
     return loss_mlm + loss_itm, {"mlm_loss": loss_mlm.detach(), "itm_loss": loss_itm.detach(),
                                  "itm_accuracy": itm_accuracy}
-
-
-def _stack_padded(texts: list[torch.Tensor], pad_id: int) -> torch.Tensor:
-    """(sum of rows, L) token ids: the (n, L_i) blocks right-padded with `pad_id` to one length, then
-    cut after the last column that holds a token."""
-    length = max(t.shape[1] for t in texts)
-    stacked = torch.cat([F.pad(t, (0, length - t.shape[1]), value=pad_id) for t in texts])  # (N, length)
-    used = int((stacked != pad_id).any(0).nonzero().max()) + 1
-    return stacked[:, :used]
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ from torch import nn
 from ..world.language import SPECIAL_TOKENS, Tokenizer, default_tokenizer
 from .encoders import RegionEncoder, check_tensor
 from .grounding import check_boxes
-from .layers import TransformerEncoder, mask_tokens, mismatched_partners, mlm_loss
+from .layers import (TransformerEncoder, balanced_class_weights, mask_tokens, mismatched_partners, mlm_loss,
+                     stack_padded)
 
 BERT_EPS = 1e-12  # LayerNorm epsilon of BERT, VisualBERT and ViLT
 BERT_INIT_STD = 0.02  # standard deviation of BERT-base's initial weights...
@@ -202,24 +203,36 @@ def mlm_itm_loss(model: nn.Module, batch: dict,
     the image's units once, `model.encode(image_side, ids)` reads them with texts into hidden
     states (words first), and `model.mlm_head`, `model.itm_head` score them. The B images
     are each paired twice: with their own caption (ITM class 1) and with another image's
-    (`mismatched_partners`, class 0); the captions are BERT-masked (`mask_tokens`) and the MLM loss
-    is taken on the positives only. `generator` drives the masking and the pairing (default:
-    torch's global RNG, which `fit`'s checkpoints restore).
+    (`mismatched_partners`, class 0); when the batch has "swapped_tokens" (B, L') and "has_swap"
+    (B,) (`experiments.alignment.SwappedCaptionDataset`), also with their own caption with one
+    attribute word swapped (class 0, a hard negative), for the rows that have one. The captions
+    are BERT-masked (`mask_tokens`) and the MLM loss is taken on the positives only; the ITM
+    cross-entropy weighs the two classes equally however many negatives there are. `generator`
+    drives the masking and the pairing (default: torch's global RNG, which `fit`'s checkpoints
+    restore).
     """
     ids = check_ids("batch['tokens']", batch["tokens"], model.tokenizer.vocab_size)
     size = len(ids)
     masked, labels = mask_tokens(ids, model.tokenizer.mask_id, model.tokenizer.vocab_size,
                                  special_ids(model.tokenizer), generator=generator)  # (B, L) each
     partners = mismatched_partners(size, generator).to(ids.device)  # (B,)
+    texts = [masked, masked[partners]]  # its own caption, then another image's
+    images_of = [torch.arange(size), torch.arange(size)]  # (B,) each: the image each text is read with
+    if "swapped_tokens" in batch:
+        swapped_rows = torch.as_tensor(batch["has_swap"]).cpu().nonzero().squeeze(1)  # (S,)
+        swapped, _ = mask_tokens(batch["swapped_tokens"][swapped_rows.to(ids.device)], model.tokenizer.mask_id,
+                                 model.tokenizer.vocab_size, special_ids(model.tokenizer), generator=generator)
+        texts.append(swapped)  # (S, L') hard negatives
+        images_of.append(swapped_rows)
+    texts = stack_padded(texts, model.tokenizer.pad_id)  # (B + N, L)
+    images_of = torch.cat(images_of).to(ids.device)  # (B + N,)
     image_side = model.image_side(batch)  # tuple of (B, ...) tensors, computed once
-    twice = tuple(torch.cat([part, part]) for part in image_side)  # (2B, ...): every image twice
-    texts = torch.cat([masked, masked[partners]])  # (2B, L): its own caption, then another image's
-    hidden = model.encode(twice, texts)  # (2B, L + units, D), the words first
+    hidden = model.encode(tuple(part[images_of] for part in image_side), texts)  # (B + N, L + units, D), words first
     mlm_logits = model.mlm_head(hidden[:size, : ids.shape[1]])  # (B, L, V) on the positives only
-    itm_logits = model.itm_head(hidden[:, 0])  # (2B, 2) from the first token
-    matches = torch.cat([torch.ones(size), torch.zeros(size)]).long().to(ids.device)  # (2B,)
+    itm_logits = model.itm_head(hidden[:, 0])  # (B + N, 2) from the first token
+    matches = (torch.arange(len(texts), device=ids.device) < size).long()  # (B + N,) 1 for the true pairs
     loss_mlm = mlm_loss(mlm_logits, labels)
-    loss_itm = F.cross_entropy(itm_logits, matches)
+    loss_itm = F.cross_entropy(itm_logits, matches, weight=balanced_class_weights(matches, itm_logits.dtype))
     with torch.no_grad():
         scored = labels != -100
         mlm_accuracy = (mlm_logits.argmax(-1)[scored] == labels[scored]).float().mean()

@@ -1,4 +1,4 @@
-"""Notebook 03, ALBEF (next session's section): its training pairs, recipes, ablation and measurements.
+"""Notebook 03, section 7, ALBEF: its training pairs, recipes, ablation and measurements.
 
 ALBEF (Li et al. 2021) is trained on noisy "web" pairs (`web_training_pairs`: the world's captions,
 30% of them corrupted, `CaptionDataset(noise_rate=0.3)`, plus one caption per scene listing every
@@ -9,12 +9,15 @@ is measured three ways (`measure_albef`):
   object with every attribute against scenes that no two hold the same objects (notebook 02's
   protocol: `representation.sample_identifiable_scenes` and `full_caption`);
 - fine-grained matching: ITM on true captions and the same captions with one attribute word
-  swapped (`swapped_caption_pairs`: the world's "swap" noise, which makes a caption false): the
+  swapped (`regions.swapped_caption_pairs`: the world's "swap" noise, which makes a caption false): the
   accuracy of the 2N decisions, the share of scenes where the true caption gets the higher match
   log-odds ("pairwise", free of the threshold), and the same pairwise test with ITC similarities;
 - grounding: the pointing game of Grad-CAM maps for referring expressions against the referred
   object's pixels (`alignment.scoreboard.referring_examples`, `attention_scores`), beside the same
   for the plain cross-attention.
+
+And why hard negatives may not help: `false_negative_rates` counts how often a drawn ITM "negative"
+is in fact true of its image, for uniform and for similarity-proportional draws.
 
 `ALBEF_RECIPES` holds the sizes per scale; `run_albef_ablation` runs it all. `ImageCaptionPairs`
 (captions on shared images, with their noise tags) is also the data type of the BLIP experiment (`blip.py` beside this module).
@@ -29,18 +32,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ...metrics import recall_at_k
-from ...models.albef import ALBEF, ALBEFLoss, gradcam, small_albef
+from ...models.albef import ALBEF, ALBEFLoss, gradcam, sample_hard_negatives, small_albef
+from ...models.layers import mismatched_partners
 from ...train import History, fit
 from ...world.datasets import CaptionDataset, collate, images_to_tensor
-from ...world.language import default_tokenizer, describe, noisy_captions
+from ...world.language import caption_is_true, default_tokenizer, describe, noisy_captions
 from ...world.render import render_batch
 from ...world.scene import Scene, check_count, check_seed, sample_scenes, scene_rng
+from .regions import SwappedCaptions, swapped_caption_pairs
 from .scoreboard import (ReferringExamples, attention_scores, expression_attention, patch_attention_maps,
                          referring_examples)
 from ..representation import encode_images, encode_texts, full_caption, render_images, sample_identifiable_scenes
 
 EVAL_BATCH = 128
-SWAP_TRIES = 8  # captions of a scene tried for a swap that makes it false
 
 # The ablation: each variant adds one idea of the paper to the one before.
 ALBEF_VARIANTS: dict[str, dict] = {
@@ -84,9 +88,9 @@ ALBEF_RECIPES = {
     "ci": AlbefRecipe(n_scenes=600, captions_per_image=1, noise_rate=0.3, image_size=32, patch_size=4, width=32,
                       queue_size=32, momentum=0.0, epochs=1, batch_size=32, lr=2e-3, weight_decay=0.02,
                       alpha_warmup_steps=12, n_test=100),
-    "cpu": AlbefRecipe(n_scenes=3000, captions_per_image=1, noise_rate=0.3, image_size=64, patch_size=8, width=48,
+    "cpu": AlbefRecipe(n_scenes=1500, captions_per_image=1, noise_rate=0.3, image_size=64, patch_size=8, width=48,
                        queue_size=32, momentum=0.0, epochs=2, batch_size=32, lr=2e-3, weight_decay=0.02,
-                       alpha_warmup_steps=120, n_test=200),
+                       alpha_warmup_steps=60, n_test=200),
     "gpu": AlbefRecipe(n_scenes=20000, captions_per_image=2, noise_rate=0.3, image_size=64, patch_size=8, width=128,
                        queue_size=1024, momentum=0.99, epochs=10, batch_size=128, lr=1e-3, weight_decay=0.02,
                        alpha_warmup_steps=1000, n_test=1000),
@@ -227,43 +231,6 @@ def train_albef(dataset, variant: dict, recipe: AlbefRecipe, seed: int = 0, devi
 
 
 @dataclass
-class SwappedCaptions:
-    """N scenes, each with a true caption and the same caption with one attribute word swapped so
-    that it is false: scenes, images (N, 3, H, W) float in [0, 1], true_texts, swapped_texts."""
-
-    scenes: list[Scene]
-    images: torch.Tensor
-    true_texts: list[str]
-    swapped_texts: list[str]
-
-    def __len__(self) -> int:
-        return len(self.true_texts)
-
-
-def swapped_caption_pairs(n: int, seed: int, image_size: int) -> SwappedCaptions:
-    """`n` scenes (scene i of `sample_scenes(..., seed)`, skipping those where none of the first
-    `SWAP_TRIES` captions can be swapped), each with caption k of `describe(scene, seed, ...)` and its
-    one-word swap `noisy_captions(scene, seed, ..., noise_rate=1.0, kinds=("swap",))[k]`, for the
-    first k the world could swap (a swap is false of the scene; a caption that no swap makes false
-    comes back as an "irrelevant" one and is passed over)."""
-    n, seed, image_size = check_count("n", n, 1), check_seed(seed), check_count("image_size", image_size, 1)
-    scenes, true_texts, swapped_texts = [], [], []
-    for scene in sample_scenes(2 * n + 10, seed):
-        true = describe(scene, seed, SWAP_TRIES)
-        swapped = noisy_captions(scene, seed, SWAP_TRIES, noise_rate=1.0, kinds=("swap",))
-        k = next((k for k in range(SWAP_TRIES) if swapped[k].noise_kind == "swap"), None)
-        if k is not None:
-            scenes.append(scene)
-            true_texts.append(true[k])
-            swapped_texts.append(swapped[k].text)
-        if len(scenes) == n:
-            break
-    if len(scenes) < n:
-        raise ValueError(f"only {len(scenes)} of n={n} scenes had a one-word swap; ask for fewer")
-    return SwappedCaptions(scenes, images_to_tensor(render_batch(scenes, image_size)), true_texts, swapped_texts)
-
-
-@dataclass
 class AlbefTestSets:
     """The three held-out sets: retrieval (images, full captions), swapped captions, referring expressions."""
 
@@ -341,6 +308,44 @@ def gradcam_pointing(model: ALBEF, examples: ReferringExamples, layer: int | Non
     return attention_scores(grids, examples.target_masks)
 
 
+@torch.no_grad()
+def false_negative_rates(model: ALBEF, n: int, seed: int, image_size: int, batch_size: int = 32,
+                         draws: int = 4) -> dict[str, float]:
+    """How often an ITM "negative" is in fact TRUE of its image, for random and for hard negatives.
+
+    `n` held-out scenes (`sample_scenes(n, seed)`), each with one world caption (`describe`), are cut
+    into batches of `batch_size` as in training; in each batch every image draws `draws` negatives
+    among the other captions, uniformly (`mismatched_partners`, ITM with random negatives) and in
+    proportion to `model`'s ITC similarity (`sample_hard_negatives`), and the world says whether the
+    drawn caption is true of the image (`caption_is_true`: "a red circle" fits many scenes).
+    Returns "random" and "hard", the share of drawn negatives that are true, and "similarity_gap",
+    the mean ITC similarity of the true minus the false other captions.
+    """
+    n, batch_size = check_count("n", n, 2), check_count("batch_size", batch_size, 2)
+    draws, seed = check_count("draws", draws, 1), check_seed(seed)
+    scenes = sample_scenes(n, seed)
+    texts = [describe(scene, seed, 1)[0] for scene in scenes]
+    truth = torch.tensor([[caption_is_true(scene, text) for text in texts] for scene in scenes])  # (n, n)
+    image_features = encode_images(model, images_to_tensor(render_batch(scenes, image_size)))  # (n, D)
+    similarity = image_features @ encode_texts(model, texts).T / float(model.temperature)  # (n, n)
+    generator = torch.Generator().manual_seed(seed)
+    true_drawn, gaps = {"random": [], "hard": []}, []
+    for start in range(0, n - batch_size + 1, batch_size):
+        rows = slice(start, start + batch_size)
+        block, block_truth = similarity[rows, rows], truth[rows, rows]  # (b, b) each
+        for _ in range(draws):
+            for name, drawn in (("random", mismatched_partners(batch_size, generator)),
+                                ("hard", sample_hard_negatives(block, generator))):
+                true_drawn[name].append(block_truth[torch.arange(batch_size), drawn])  # (b,)
+        others = ~torch.eye(batch_size, dtype=torch.bool)
+        if (block_truth & others).any() and (~block_truth & others).any():
+            gaps.append(float(block[block_truth & others].mean() - block[~block_truth & others].mean()))
+    if not true_drawn["random"]:
+        raise ValueError(f"n={n} is smaller than batch_size={batch_size}; expected at least one batch")
+    rates = {name: float(torch.cat(found).float().mean()) for name, found in true_drawn.items()}
+    return {**rates, "similarity_gap": sum(gaps) / len(gaps) if gaps else float("nan")}
+
+
 def measure_albef(model: ALBEF, tests: AlbefTestSets) -> dict[str, float]:
     """Every measurement of one trained model in one flat dict."""
     scores = {"i2t_R@1": image_to_text_recall(model, tests.retrieval_images, tests.retrieval_texts)}
@@ -354,17 +359,19 @@ def measure_albef(model: ALBEF, tests: AlbefTestSets) -> dict[str, float]:
 
 
 def run_albef_ablation(recipe: AlbefRecipe, seed: int = 0, variants: dict[str, dict] | None = None,
-                       device=None, progress: bool = False) -> dict[str, dict]:
-    """{variant name: {measurements..., "seconds", "history"}} for every variant of the ablation,
-    all trained on the same noisy pairs with the same seed and measured on the same held-out sets."""
+                       device=None, progress: bool = False) -> tuple[dict[str, dict], dict[str, ALBEF]]:
+    """({variant name: {measurements..., "seconds", "history"}}, {variant name: trained model}) for
+    every variant of the ablation, all trained on the same noisy pairs with the same seed and
+    measured on the same held-out sets."""
     variants = ALBEF_VARIANTS if variants is None else variants
     train = web_training_pairs(recipe, seed)
     tests = albef_test_sets(recipe.n_test, seed + 100, recipe.image_size)
-    results = {}
+    results, models = {}, {}
     for name, variant in variants.items():
         model, history, seconds = train_albef(train, variant, recipe, seed, device, progress)
         results[name] = {**measure_albef(model, tests), "seconds": seconds, "history": history}
-    return results
+        models[name] = model
+    return results, models
 
 
 def _trim(ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Notebook 03, BLIP CapFilt (next session's section): captioner, filter, bootstrapping and retrieval.
+"""Notebook 03, section 8, BLIP CapFilt: captioner, filter, bootstrapping and retrieval.
 
 BLIP (Li et al. 2022) bootstraps its data: a captioner and a filter, both fine-tuned on a small set
 of clean pairs, clean a large noisy "web" set. Here:
@@ -44,7 +44,7 @@ from .albef import ImageCaptionPairs, with_full_captions
 from ..representation import encode_images, encode_texts, full_caption, render_images, sample_identifiable_scenes
 
 EVAL_BATCH = 256
-SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+SWEEP_THRESHOLDS = (0.2, 0.3, 1 / 3, 0.4, 0.5, 0.6)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,10 @@ class CapFiltRecipe:
     retrieval_lr: float
     n_test: int
     top_p: float = 0.9
-    threshold: float = 0.5
+    # Keep a caption when p(match) > 1/3: ITM trains on one match for every two non-matches (ALBEF's B
+    # positives and 2B negatives), so its p(match) carries a prior of 1/3; above it, the image and text
+    # favour "match" (likelihood ratio > 1). 0.5 would ask for twice that evidence.
+    threshold: float = 1 / 3
     max_caption_length: int = 40  # a caption listing six objects has 37 tokens
     filter_momentum: float = 0.0  # see albef.ALBEF_RECIPES: an EMA slower than training holds ITC back
     filter_queue: int = 32
@@ -82,9 +85,9 @@ CAPFILT_RECIPES = {
     "ci": CapFiltRecipe(n_clean=400, n_web=600, captions_per_image=2, web_noise_rate=0.4, image_size=32,
                         patch_size=4, width=32, captioner_epochs=2, filter_epochs=2, batch_size=32, lr=2e-3,
                         retrieval_steps=60, retrieval_batch=64, retrieval_width=32, retrieval_lr=2e-3, n_test=200),
-    "cpu": CapFiltRecipe(n_clean=1500, n_web=3000, captions_per_image=2, web_noise_rate=0.4, image_size=64,
-                         patch_size=8, width=48, captioner_epochs=4, filter_epochs=4, batch_size=32, lr=2e-3,
-                         retrieval_steps=400, retrieval_batch=64, retrieval_width=48, retrieval_lr=2e-3, n_test=500),
+    "cpu": CapFiltRecipe(n_clean=1000, n_web=2000, captions_per_image=2, web_noise_rate=0.4, image_size=64,
+                         patch_size=8, width=48, captioner_epochs=3, filter_epochs=3, batch_size=32, lr=2e-3,
+                         retrieval_steps=200, retrieval_batch=64, retrieval_width=48, retrieval_lr=2e-3, n_test=500),
     "gpu": CapFiltRecipe(n_clean=5000, n_web=20000, captions_per_image=3, web_noise_rate=0.4, image_size=64,
                          patch_size=8, width=128, captioner_epochs=15, filter_epochs=15, batch_size=128, lr=1e-3,
                          retrieval_steps=3000, retrieval_batch=256, retrieval_width=128, retrieval_lr=1e-3,

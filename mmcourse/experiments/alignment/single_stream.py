@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ...models.layers import IGNORE_INDEX, mask_tokens, mismatched_partners
 from ...models.visualbert import VisualBERTPretraining, seeded_mlm_itm_loss, special_ids
@@ -155,11 +155,13 @@ def measure_single_stream(model: nn.Module, dataset: CaptionDataset, seed: int =
 # --------------------------------------------------------------------------------------------
 
 
-def pretraining_loader(dataset: CaptionDataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
-    """Batches of `dataset` through `collate`, shuffled by their own seeded generator (so `fit`'s
-    checkpoints can resume them exactly); the last, smaller batch is dropped when shuffling (ITM
-    needs two pairs or more)."""
-    _check_dataset(dataset)
+def pretraining_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
+    """Batches of `dataset` (a `CaptionDataset`, or a dataset of its items such as
+    `regions.SwappedCaptionDataset`) through `collate`, shuffled by their own seeded generator (so
+    `fit`'s checkpoints can resume them exactly); the last, smaller batch is dropped when shuffling
+    (ITM needs two pairs or more)."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a torch Dataset of CaptionDataset items, got {type(dataset).__name__}")
     check_count("batch_size", batch_size, 2)
     check_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, drop_last=shuffle,
