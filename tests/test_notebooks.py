@@ -55,6 +55,7 @@ FLOORS: dict[str, dict[str, float]] = {
         "explicit_pointing_minus_chance": 0.15, "mult_accuracy": 0.8, "mult_word_frame_mass_minus_chance": 0.08,
         "visualbert_mlm_minus_majority": 0.0, "vilt_mlm_minus_majority": 0.0, "vilt_visual_speedup": 5.0,
         "milnce_minus_nce_largest_lag": 0.0, "milnce_largest_lag_minus_chance": 0.05,
+        "detector_attribute_accuracy": 0.45,
     },
 }
 # Wall-clock budget of a ci-scale run on two cores, in seconds.
