@@ -2,7 +2,8 @@
 
     mmcourse run [--scale auto|ci|cpu|gpu] [--only PATTERN] [--notebooks DIR] [--out DIR]
     mmcourse assign NOTEBOOK... --out DIR
-    mmcourse grade SUBMISSION... --out grades.csv [--timeout 600]
+    mmcourse grade --source SOLUTION.ipynb SUBMISSION... --out grades.csv [--timeout 600] [--cpu-seconds N]
+                   [--memory-gb 8]
     mmcourse world --out sheet.png [--n 12] [--seed 0] [--preset default]
     mmcourse env
 """
@@ -37,6 +38,10 @@ def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Pat
 
 def cmd_run(args) -> int:
     root = project_root()
+    if args.notebooks is None and not (root / "notebooks").is_dir():
+        print(f"no course folder (one holding pyproject.toml and notebooks/) was found in {Path.cwd()} or above it; "
+              "run mmcourse from the course folder, or pass --notebooks DIR (and --out DIR)", file=sys.stderr)
+        return 2
     notebooks = sorted(Path(args.notebooks or root / "notebooks").glob(f"{args.only}.ipynb"))
     out = Path(args.out or root / "build")
     results = out / "results"
@@ -72,12 +77,26 @@ def cmd_assign(args) -> int:
 def cmd_grade(args) -> int:
     from .grading import grade
 
-    grades = grade([Path(s) for s in args.submissions], Path(args.out), timeout=args.timeout)
+    grades = grade([Path(s) for s in args.submissions], Path(args.out), Path(args.source), timeout=args.timeout,
+                   cpu_seconds=args.cpu_seconds, memory_gb=args.memory_gb)
     width = max(len(g.submission) for g in grades)
     for g in grades:
         print(f"{g.submission.ljust(width)}  {g.passed}/{g.checks} checks passed  ({g.status}, {g.seconds:.0f} s)")
+        if g.review:
+            print(f"{' ' * width}  review: {g.review}")
     print(f"wrote {args.out}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def cmd_world(args) -> int:
@@ -115,10 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--out", required=True, help="folder for the student copies")
     assign.set_defaults(handler=cmd_assign)
 
-    grade = commands.add_parser("grade", help="execute submissions in a fresh kernel and count passed checks")
+    grade = commands.add_parser("grade", help="grade submissions on the exercises of a solution notebook")
     grade.add_argument("submissions", nargs="+")
+    grade.add_argument("--source", required=True, help="the instructor's solution notebook: its checks are the test")
     grade.add_argument("--out", default="grades.csv", help="CSV file to write")
-    grade.add_argument("--timeout", type=int, default=600, help="seconds allowed per submission")
+    grade.add_argument("--timeout", type=positive_int, default=600, help="seconds allowed per submission")
+    grade.add_argument("--cpu-seconds", type=positive_int, help="CPU seconds per process (default: the timeout)")
+    grade.add_argument("--memory-gb", type=positive_int, default=8, help="address space per process, GiB")
     grade.set_defaults(handler=cmd_grade)
 
     world = commands.add_parser("world", help="render a contact sheet of scenes with captions and questions")

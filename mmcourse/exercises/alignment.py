@@ -9,14 +9,14 @@ ALBEF's hard-negative sampling for image-text matching and its momentum-distille
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from ..models.albef import distillation_targets, sample_hard_negatives
 from ..models.layers import attention
 from ..models.milnce import milnce_loss
-from .check import CheckResult, _finish, compare
+from .check import CheckResult, Comparison, Exercise, Trial, error_summary, not_implemented
 
 __all__ = ["check_cross_attention", "check_distillation_targets", "check_hard_negative_sampling", "check_milnce_loss"]
 
@@ -60,24 +60,26 @@ CROSS_ATTENTION_MISTAKES: dict[str, Callable] = {
 }
 
 
+def _cross_attention_inputs(gen: torch.Generator) -> tuple:
+    batch, queries_length, keys_length, dim = (int(v) for v in torch.randint(2, 7, (4,), generator=gen))
+    queries = torch.randn(batch, queries_length, dim, generator=gen).requires_grad_()
+    keys = torch.randn(batch, keys_length, dim, generator=gen).requires_grad_()
+    values = torch.randn(batch, keys_length, dim, generator=gen).requires_grad_()
+    lengths = torch.randint(1, keys_length + 1, (batch,), generator=gen)  # every row keeps a key
+    lengths[0] = keys_length - 1 if keys_length > 1 else 1  # at least one row is padded
+    key_padding_mask = torch.arange(keys_length)[None, :] >= lengths[:, None]  # (B, Lk)
+    return queries, keys, values, key_padding_mask
+
+
+CROSS_ATTENTION = Comparison("cross_attention", _cross_attention_reference, _cross_attention_inputs, check_grad=True,
+                             hint=HINT_CROSS_ATTENTION, mistakes=CROSS_ATTENTION_MISTAKES)
+
+
 def check_cross_attention(cross_attention_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`cross_attention_fn(queries (B, Lq, d), keys (B, Lk, d), values (B, Lk, d), key_padding_mask (B, Lk)
     bool, True at padding)` must return `(output (B, Lq, d), weights (B, Lq, Lk))` as
     `mmcourse.models.layers.attention` does: values and gradients."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        batch, queries_length, keys_length, dim = (int(v) for v in torch.randint(2, 7, (4,), generator=gen))
-        queries = torch.randn(batch, queries_length, dim, generator=gen).requires_grad_()
-        keys = torch.randn(batch, keys_length, dim, generator=gen).requires_grad_()
-        values = torch.randn(batch, keys_length, dim, generator=gen).requires_grad_()
-        lengths = torch.randint(1, keys_length + 1, (batch,), generator=gen)  # every row keeps a key
-        lengths[0] = keys_length - 1 if keys_length > 1 else 1  # at least one row is padded
-        key_padding_mask = torch.arange(keys_length)[None, :] >= lengths[:, None]  # (B, Lk)
-        return queries, keys, values, key_padding_mask
-
-    return compare(cross_attention_fn, _cross_attention_reference, make_inputs, check_grad=True,
-                   name="cross_attention", hint=HINT_CROSS_ATTENTION, raise_on_fail=raise_on_fail,
-                   mistakes=CROSS_ATTENTION_MISTAKES)
+    return CROSS_ATTENTION.check(cross_attention_fn, raise_on_fail=raise_on_fail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,20 +115,26 @@ MILNCE_MISTAKES: dict[str, Callable] = {
 }
 
 
+def _milnce_inputs(gen: torch.Generator) -> tuple:
+    batch, bag, dim = (int(v) for v in torch.randint(2, 6, (3,), generator=gen))
+    video = torch.randn(batch, dim, generator=gen).requires_grad_()
+    text = torch.randn(batch, bag, dim, generator=gen).requires_grad_()
+    temperature = float(torch.empty(()).uniform_(0.5, 2.0, generator=gen))
+    return video, text, temperature
+
+
+def _milnce_reference(video_features, text_features, temperature):
+    return milnce_loss(video_features, text_features, temperature)  # every bag full: no candidate mask
+
+
+MILNCE_LOSS = Comparison("milnce_loss", _milnce_reference, _milnce_inputs, check_grad=True, hint=HINT_MILNCE,
+                         mistakes=MILNCE_MISTAKES)
+
+
 def check_milnce_loss(milnce_loss_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`milnce_loss_fn(video_features (B, D), text_features (B, K, D), temperature)` must return
     `mmcourse.models.milnce.milnce_loss`: values and gradients."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        batch, bag, dim = (int(v) for v in torch.randint(2, 6, (3,), generator=gen))
-        video = torch.randn(batch, dim, generator=gen).requires_grad_()
-        text = torch.randn(batch, bag, dim, generator=gen).requires_grad_()
-        temperature = float(torch.empty(()).uniform_(0.5, 2.0, generator=gen))
-        return video, text, temperature
-
-    return compare(milnce_loss_fn, lambda v, t, temperature: milnce_loss(v, t, temperature), make_inputs,
-                   check_grad=True, name="milnce_loss", hint=HINT_MILNCE, raise_on_fail=raise_on_fail,
-                   mistakes=MILNCE_MISTAKES)
+    return MILNCE_LOSS.check(milnce_loss_fn, raise_on_fail=raise_on_fail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,42 +158,70 @@ DISTILLATION_MISTAKES: dict[str, Callable] = {
 }
 
 
+def _distillation_inputs(gen: torch.Generator) -> tuple:
+    batch = int(torch.randint(2, 6, (1,), generator=gen))
+    keys = batch + int(torch.randint(0, 6, (1,), generator=gen))  # the batch, then the queue
+    return torch.randn(batch, keys, generator=gen) * 3, float(torch.rand((), generator=gen))
+
+
+DISTILLATION_TARGETS = Comparison("distillation_targets", distillation_targets, _distillation_inputs,
+                                  hint=HINT_DISTILLATION, mistakes=DISTILLATION_MISTAKES)
+
+
 def check_distillation_targets(distillation_targets_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`distillation_targets_fn(momentum_similarity (B, N), alpha)` must return ALBEF's soft ITC
     targets `mmcourse.models.albef.distillation_targets`."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        batch = int(torch.randint(2, 6, (1,), generator=gen))
-        keys = batch + int(torch.randint(0, 6, (1,), generator=gen))  # the batch, then the queue
-        return torch.randn(batch, keys, generator=gen) * 3, float(torch.rand((), generator=gen))
-
-    return compare(distillation_targets_fn, distillation_targets, make_inputs, name="distillation_targets",
-                   hint=HINT_DISTILLATION, raise_on_fail=raise_on_fail, mistakes=DISTILLATION_MISTAKES)
+    return DISTILLATION_TARGETS.check(distillation_targets_fn, raise_on_fail=raise_on_fail)
 
 
 HARD_NEGATIVE_DRAWS = 1500  # rows of the statistical check: a frequency's standard error is at most 0.013
+HARD_NEGATIVE_SIMILARITY = torch.tensor([[4.0, 2.0, 1.0, 0.0], [0.0, 5.0, 2.0, 2.0], [1.0, 3.0, 0.0, 2.0],
+                                         [0.5, 0.0, 3.0, 6.0]])  # (4, 4): diagonals large in rows 1 and 3
+
+
+def answer_draws(sample_fn: Callable, request: dict) -> dict:
+    """`HARD_NEGATIVE_DRAWS` draws of `sample_fn` from one similarity matrix and one generator seeded
+    by the request, stacked (draws, B); or the error it raised."""
+    generator = torch.Generator().manual_seed(request["seed"])
+    try:
+        draws = torch.stack([torch.as_tensor(sample_fn(request["similarity"].clone(), generator))
+                             for _ in range(HARD_NEGATIVE_DRAWS)])  # (draws, B)
+    except NotImplementedError:
+        return {"not_implemented": True}
+    except Exception as error:  # a learner's bug: one sentence, no traceback
+        return {"error": error_summary(error)}
+    return {"output": draws}
+
+
+class HardNegativeSampling(Exercise):
+    """A sampler cannot be compared draw by draw, so this exercise draws many times from one similarity
+    matrix and compares the frequencies with the probabilities the rule gives (one trial)."""
+
+    name = "sample_hard_negatives"
+    answer = staticmethod(answer_draws)
+
+    def draw(self, seed: int) -> Iterator[Trial]:
+        diagonal = torch.eye(len(HARD_NEGATIVE_SIMILARITY), dtype=torch.bool)
+        expected = HARD_NEGATIVE_SIMILARITY.masked_fill(diagonal, float("-inf")).softmax(1)  # (4, 4)
+        yield Trial({"similarity": HARD_NEGATIVE_SIMILARITY.clone(), "seed": seed}, expected)
+
+    def judge(self, trial: Trial, answer: dict) -> CheckResult:
+        if answer.get("not_implemented"):
+            return not_implemented(self.name, HINT_HARD_NEGATIVES)
+        if "error" in answer:
+            type_name, message = answer["error"]
+            return CheckResult(False, f"{self.name} raised {type_name}: {message}.", HINT_HARD_NEGATIVES)
+        return _hard_negative_verdict(answer["output"], trial.expected)
+
+
+HARD_NEGATIVE_SAMPLING = HardNegativeSampling()
 
 
 def check_hard_negative_sampling(sample_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`sample_fn(similarity (B, B), generator)` must draw, for each row i, a column j != i with
-    probability softmax(similarity[i]) over j != i, as `mmcourse.models.albef.sample_hard_negatives`.
-
-    A sampler cannot be compared draw by draw, so this check draws many times from one similarity
-    matrix and compares the frequencies with the probabilities the rule gives."""
-    similarity = torch.tensor([[4.0, 2.0, 1.0, 0.0], [0.0, 5.0, 2.0, 2.0], [1.0, 3.0, 0.0, 2.0],
-                               [0.5, 0.0, 3.0, 6.0]])  # (4, 4): diagonals large in rows 1 and 3
-    expected = similarity.masked_fill(torch.eye(4, dtype=torch.bool), float("-inf")).softmax(1)  # (4, 4)
-    generator = torch.Generator().manual_seed(0)
-    try:
-        draws = torch.stack([torch.as_tensor(sample_fn(similarity.clone(), generator))
-                             for _ in range(HARD_NEGATIVE_DRAWS)])  # (draws, 4)
-    except NotImplementedError:
-        return _finish(CheckResult(False, "sample_hard_negatives is not implemented yet.", HINT_HARD_NEGATIVES),
-                       raise_on_fail)
-    except Exception as error:  # a learner's bug: one sentence, no traceback
-        return _finish(CheckResult(False, f"sample_hard_negatives raised {type(error).__name__}: {error}.",
-                                   HINT_HARD_NEGATIVES), raise_on_fail)
-    return _finish(_hard_negative_verdict(draws, expected), raise_on_fail)
+    probability softmax(similarity[i]) over j != i, as `mmcourse.models.albef.sample_hard_negatives`:
+    frequencies over many draws."""
+    return HARD_NEGATIVE_SAMPLING.check(sample_fn, raise_on_fail=raise_on_fail)
 
 
 def _hard_negative_verdict(draws: torch.Tensor, expected: torch.Tensor) -> CheckResult:
@@ -213,3 +249,8 @@ def _hard_negative_verdict(draws: torch.Tensor, expected: torch.Tensor) -> Check
         return CheckResult(False, f"{name}: {detail}.", HINT_HARD_NEGATIVES)
     return CheckResult(True, f"{name} draws every row's negatives with the right frequencies "
                              f"({HARD_NEGATIVE_DRAWS:,} draws, largest gap {gap:.3f}).")
+
+
+# What `mmcourse grade` grades: each check of this notebook, by the name its check cell calls.
+EXERCISES = {"check_cross_attention": CROSS_ATTENTION, "check_milnce_loss": MILNCE_LOSS,
+             "check_hard_negative_sampling": HARD_NEGATIVE_SAMPLING, "check_distillation_targets": DISTILLATION_TARGETS}

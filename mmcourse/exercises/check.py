@@ -4,18 +4,25 @@ A check never raises at the learner (unless asked to, for autograders): it retur
 whose message is one plain sentence saying what differs, e.g. "fusion: shape (4, 3), expected
 (4, 5)." and, when it fails, a hint. `compare` runs a learner's function and the reference on the
 same fresh random inputs; `check_value` checks a single answer such as a parameter count.
+
+Every `check_<name>` is an `Exercise` in three pieces, so that `mmcourse grade` can run them in two
+processes: `draw` (inputs and expected values, from a seed), `answer` (what the learner's function
+produced on one trial's inputs: the only piece the grader runs in a submission's kernel) and
+`judge` (the verdict). `Comparison` is the exercise behind `compare`; `answer_for_grader` is what
+the grader's cells run in a submission's kernel.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import html
+import io
 import inspect
-import json
 import math
 import numbers
-import os
-from dataclasses import dataclass
-from typing import Any, Callable
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +30,6 @@ import torch
 from ..world.scene import check_count, check_seed
 
 GENERATORS = ("torch", "numpy")
-GRADE_LOG_ENV = "MMCOURSE_GRADE_LOG"  # set by `mmcourse grade`: where verdicts are appended
 
 HINT_NOT_IMPLEMENTED = ("Write your answer between `### BEGIN SOLUTION` and `### END SOLUTION`, "
                         "replacing `raise NotImplementedError`, then run the cell again.")
@@ -114,22 +120,10 @@ def compare(learner_fn: Callable, reference_fn: Callable, make_inputs: Callable,
     the keys") to a function that makes it: when the learner's values differ from the reference's
     but equal that function's on the same inputs, the verdict says that sentence.
     """
-    for arg_name, fn in (("reference_fn", reference_fn), ("make_inputs", make_inputs)):
-        if not callable(fn):
-            raise TypeError(f"{arg_name} must be callable, got {type(fn).__name__}")
-    trials = check_count("trials", trials, 1)
-    seed = check_seed(seed)
-    _check_tolerance("atol", atol)
-    _check_tolerance("rtol", rtol)
-    if generator not in GENERATORS:
-        raise ValueError(f"generator={generator!r} is unknown; expected one of {GENERATORS}")
     name = name or getattr(learner_fn, "__name__", None) or "your function"
-    mistakes = dict(mistakes or {})
-    if not all(isinstance(k, str) and callable(v) for k, v in mistakes.items()):
-        raise TypeError("mistakes must map sentences (str) to functions that make that mistake")
-    result = _compare_trials(learner_fn, reference_fn, make_inputs, trials, seed, atol, rtol, check_grad,
-                             name, hint, generator, mistakes)
-    return _finish(result, raise_on_fail)
+    exercise = Comparison(name, reference_fn, make_inputs, trials, atol, rtol, check_grad, hint, generator,
+                          dict(mistakes or {}))
+    return exercise.check(learner_fn, seed, raise_on_fail)
 
 
 def check_value(name: str, learner_value: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-6,
@@ -159,18 +153,9 @@ def check_value(name: str, learner_value: Any, expected: Any, atol: float = 1e-6
 
 
 def _finish(result: CheckResult, raise_on_fail: bool) -> CheckResult:
-    _log_for_grader(result)
     if raise_on_fail and not result.passed:
         raise ExerciseFailed(result.message)
     return result
-
-
-def _log_for_grader(result: CheckResult) -> None:
-    """Append the verdict to $MMCOURSE_GRADE_LOG when `mmcourse grade` runs the notebook."""
-    path = os.environ.get(GRADE_LOG_ENV)
-    if path:
-        with open(path, "a") as log:
-            log.write(json.dumps({"passed": result.passed, "message": result.message}) + "\n")
 
 
 def _check_tolerance(name: str, value) -> None:
@@ -189,46 +174,175 @@ def _as_number(value):
     return float(value) if _is_real_number(value) else value
 
 
-# ---------------------------------------------------------------------------------------- running trials
+# --------------------------------------------------------------------------------------------- exercises
 
 
-def _compare_trials(learner_fn, reference_fn, make_inputs, trials, seed, atol, rtol, check_grad, name, hint,
-                    generator, mistakes) -> CheckResult:
-    if not callable(learner_fn):
-        return CheckResult(False, f"{name}: expected a function, got {_a(learner_fn)}.",
-                           HINT_NOT_CALLABLE)
-    for trial in range(trials):
-        trial_seed = _trial_seed(seed, trial)
-        inputs = _make_trial_inputs(make_inputs, generator, trial_seed)
-        expected = _call(reference_fn, inputs, trial_seed)
-        arg_names = _argument_names(reference_fn, inputs)
-        expected_grads = _reference_gradients(expected, arg_names, trial_seed) if check_grad else None
+@dataclass
+class Trial:
+    """One trial of a check: the `request` that the learner's side gets (its inputs and seeds) and
+    what the judge `expected`, which the learner's side never sees."""
+
+    request: dict
+    expected: Any
+
+
+class Exercise(ABC):
+    """An exercise's check in the three pieces that the notebook's `check_<name>` and `mmcourse grade`
+    share, so that both decide a verdict the same way:
+
+    - `draw(seed)` yields the trials: inputs drawn from `seed` and what the reference expects of them;
+    - `answer(fn, request)`, a module-level function, calls a learner's `fn` on one trial's `request`
+      and returns an *answer*, a dict of what it produced (tensors, numbers, strings and containers
+      of them): `{"output": ...}`, `{"not_implemented": True}` or `{"error": (type name, message)}`;
+    - `judge(trial, answer)` compares an answer with the trial's expectation: a `CheckResult`.
+
+    `check` runs all three here, in the learner's kernel. `mmcourse grade` runs `draw` and `judge`
+    in its own process and only `answer` in a submission's kernel, so what a submission does there
+    cannot change a verdict, only the values its function returns.
+    """
+
+    name: str
+    answer: Callable[[Callable, dict], dict]  # a module-level function, named to the kernel by reference
+
+    @abstractmethod
+    def draw(self, seed: int) -> Iterator[Trial]:
+        """The trials of a check from `seed`."""
+
+    @abstractmethod
+    def judge(self, trial: Trial, answer: dict) -> CheckResult:
+        """The verdict on one trial's answer."""
+
+    def verdict(self, trials_and_answers: Iterable[tuple[Trial, dict]]) -> CheckResult:
+        """The first failed trial's verdict, else the last trial's (there is at least one trial)."""
+        for trial, answer in trials_and_answers:
+            result = self.judge(trial, answer)
+            if not result.passed:
+                return result
+        return result
+
+    def check(self, fn: Callable, seed: int = 0, raise_on_fail: bool = False) -> CheckResult:
+        """Draw the trials from `seed`, call `fn` on each (stopping at the first failure) and judge it."""
+        seed = check_seed(seed)
+        if callable(fn):
+            result = self.verdict((trial, self.answer(fn, trial.request)) for trial in self.draw(seed))
+        else:
+            result = CheckResult(False, f"{self.name}: expected a function, got {_a(fn)}.", HINT_NOT_CALLABLE)
+        return _finish(result, raise_on_fail)
+
+
+def answer_for_grader(fn: Callable, question: str, nonce: str) -> None:
+    """Run by `mmcourse grade`'s cell of one exercise in a submission's kernel: call the student's `fn`
+    on every request of `question` (`encode`d by the grader: its inputs and the exercise's `answer`)
+    and print the answers, `encode`d between two `nonce` markers. Nothing is judged here: the grader
+    judges the answers in its own process."""
+    asked = torch.load(io.BytesIO(base64.b64decode(question)), weights_only=False)  # the grader's own bytes
+    if callable(fn):
+        reply = {"answers": [asked["answer"](fn, request) for request in asked["requests"]]}
+    else:
+        reply = {"not_callable": type(fn).__name__}
+    print(f"{nonce}{encode(reply)}{nonce}")
+
+
+def encode(value) -> str:
+    """`value` as text: base64 of its `torch.save` bytes."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def not_implemented(name: str, hint: str = HINT_NOT_IMPLEMENTED) -> CheckResult:
+    """The verdict on an answer that still raises `NotImplementedError`."""
+    return CheckResult(False, f"{name} is not implemented yet.", hint)
+
+
+def error_summary(error: BaseException) -> tuple[str, str]:
+    """An exception as an answer carries it: its type name and its message."""
+    return type(error).__name__, str(error)
+
+
+def answer_call(fn: Callable, request: dict) -> dict:
+    """What `fn` did on one trial of a `Comparison`: its output and, when the request carries the
+    projection weights, the gradients of that projection by argument name (None when the output
+    carries none back); or the error it raised."""
+    try:
+        got = _call(fn, request["inputs"], request["seed"])
+    except NotImplementedError:
+        return {"not_implemented": True}
+    except Exception as error:  # a learner's bug: the judge reports it in one sentence
+        return {"error": error_summary(error)}
+    answer = {"output": got.output}
+    if request["weights"] is not None:
         try:
-            got = _call(learner_fn, inputs, trial_seed)
-        except NotImplementedError:
-            return CheckResult(False, f"{name} is not implemented yet.", HINT_NOT_IMPLEMENTED)
-        except Exception as error:  # a learner's bug: report it in one sentence, never as a traceback
-            return _exception_result(name, error)
-        try:
-            _compare_outputs(got.output, expected.output, "", atol, rtol)
-            if check_grad:
-                _compare_gradients(got, expected_grads, arg_names, atol, rtol)
-        except _Mismatch as mismatch:
-            known = _known_mistake(got.output, mistakes, inputs, trial_seed, atol, rtol)
-            detail = f"{mismatch.detail}; {known}" if known else mismatch.detail
-            return CheckResult(False, f"{name}: {detail}.", hint or HINT_BY_KIND[mismatch.kind])
+            answer["gradients"] = _learner_gradients(got, request["weights"], request["arg_names"])
         except Exception as error:  # raised by the learner's backward pass
-            return _exception_result(name, error)
-    checked = "values and gradients" if check_grad else "values"
-    return CheckResult(True, f"{name} matches the reference ({checked}) on {trials} random inputs.")
+            answer["backward_error"] = error_summary(error)
+    return answer
 
 
-def _known_mistake(output, mistakes: dict[str, Callable], inputs, trial_seed: int, atol: float,
-                   rtol: float) -> str | None:
+@dataclass(frozen=True)
+class Comparison(Exercise):
+    """An exercise whose answer is a function compared with `reference_fn` on random inputs; see `compare`."""
+
+    name: str
+    reference_fn: Callable
+    make_inputs: Callable
+    trials: int = 5
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    check_grad: bool = False
+    hint: str | None = None
+    generator: str = "torch"
+    mistakes: dict[str, Callable] = field(default_factory=dict)
+    answer = staticmethod(answer_call)
+
+    def __post_init__(self):
+        for arg_name, fn in (("reference_fn", self.reference_fn), ("make_inputs", self.make_inputs)):
+            if not callable(fn):
+                raise TypeError(f"{arg_name} must be callable, got {type(fn).__name__}")
+        check_count("trials", self.trials, 1)
+        _check_tolerance("atol", self.atol)
+        _check_tolerance("rtol", self.rtol)
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator={self.generator!r} is unknown; expected one of {GENERATORS}")
+        if not all(isinstance(k, str) and callable(v) for k, v in self.mistakes.items()):
+            raise TypeError("mistakes must map sentences (str) to functions that make that mistake")
+
+    def draw(self, seed: int) -> Iterator[Trial]:
+        for trial in range(self.trials):
+            trial_seed = _trial_seed(seed, trial)
+            inputs = _make_trial_inputs(self.make_inputs, self.generator, trial_seed)
+            expected = _call(self.reference_fn, inputs, trial_seed)
+            arg_names = _argument_names(self.reference_fn, inputs)
+            gradients = _reference_gradients(expected, arg_names, trial_seed) if self.check_grad else None
+            request = {"inputs": inputs, "seed": trial_seed, "arg_names": arg_names,
+                       "weights": gradients.weights if gradients else None}
+            yield Trial(request, (expected.output, gradients))
+
+    def judge(self, trial: Trial, answer: dict) -> CheckResult:
+        expected_output, expected_gradients = trial.expected
+        if answer.get("not_implemented"):
+            return not_implemented(self.name)
+        if "error" in answer:
+            return _exception_result(self.name, answer["error"])
+        try:
+            _compare_outputs(answer.get("output"), expected_output, "", self.atol, self.rtol)
+            if self.check_grad and "backward_error" in answer:
+                return _exception_result(self.name, answer["backward_error"])
+            if self.check_grad:
+                _compare_gradients(answer.get("gradients"), expected_gradients, self.atol, self.rtol)
+        except _Mismatch as mismatch:
+            known = _known_mistake(answer.get("output"), self.mistakes, trial.request, self.atol, self.rtol)
+            detail = f"{mismatch.detail}; {known}" if known else mismatch.detail
+            return CheckResult(False, f"{self.name}: {detail}.", self.hint or HINT_BY_KIND[mismatch.kind])
+        checked = "values and gradients" if self.check_grad else "values"
+        return CheckResult(True, f"{self.name} matches the reference ({checked}) on {self.trials} random inputs.")
+
+
+def _known_mistake(output, mistakes: dict[str, Callable], request: dict, atol: float, rtol: float) -> str | None:
     """The sentence of the first mistake whose function returns what the learner returned."""
     for sentence, mistaken_fn in mistakes.items():
         try:
-            _compare_outputs(output, _call(mistaken_fn, inputs, trial_seed).output, "", atol, rtol)
+            _compare_outputs(output, _call(mistaken_fn, request["inputs"], request["seed"]).output, "", atol, rtol)
         except Exception:  # a mismatch, or the mistaken function cannot run on these inputs
             continue
         return sentence
@@ -267,10 +381,12 @@ def _call(fn, inputs, trial_seed: int) -> _Call:
     return _Call(args, kwargs, output)
 
 
-def _exception_result(name: str, error: Exception) -> CheckResult:
-    lines = str(error).strip().splitlines()
+def _exception_result(name: str, error: tuple[str, str]) -> CheckResult:
+    """The verdict on an answer that raised: its type and the first line of its message."""
+    type_name, message = error
+    lines = message.strip().splitlines()
     detail = f": {lines[0][:200].rstrip('.')}" if lines else ""
-    return CheckResult(False, f"{name} raised {type(error).__name__}{detail}.", HINT_EXCEPTION)
+    return CheckResult(False, f"{name} raised {type_name}{detail}.", HINT_EXCEPTION)
 
 
 def _a(value) -> str:
@@ -407,20 +523,27 @@ def _reference_gradients(expected: _Call, arg_names: list[str], trial_seed: int)
     return _Gradients(weights, dict(zip(leaves, _gradients(outputs, weights, list(leaves.values())))))
 
 
-def _compare_gradients(got: _Call, expected: _Gradients, arg_names: list[str], atol: float, rtol: float) -> None:
-    """Raise `_Mismatch` when the learner's gradients differ from the reference's."""
+def _learner_gradients(got: _Call, weights: list[torch.Tensor],
+                       arg_names: list[str]) -> dict[str, torch.Tensor | None] | None:
+    """Gradients of the learner's outputs projected by `weights`, by input argument name; None when
+    its output carries no gradient back to the inputs."""
     outputs = _grad_outputs(got.output)
-    _require(len(outputs) == len(expected.weights), "grad",
-             "the output carries no gradient back to the inputs (was it detached?)")
+    if len(outputs) != len(weights):
+        return None
     leaves = _grad_leaves(got, arg_names)
-    got_grads = dict(zip(leaves, _gradients(outputs, expected.weights, list(leaves.values()))))
+    return dict(zip(leaves, _gradients(outputs, weights, list(leaves.values()))))
+
+
+def _compare_gradients(got: dict[str, torch.Tensor | None] | None, expected: _Gradients, atol: float,
+                       rtol: float) -> None:
+    """Raise `_Mismatch` when the learner's gradients (by argument name) differ from the reference's."""
+    _require(got is not None, "grad", "the output carries no gradient back to the inputs (was it detached?)")
     for arg_name, expected_grad in expected.by_argument.items():
         if expected_grad is None:
             continue
         subject = f"gradient w.r.t. argument {arg_name!r}"
-        _require(got_grads.get(arg_name) is not None, "grad",
-                 f"{subject} is missing (the output does not depend on it)")
-        _compare_arrays(got_grads[arg_name], expected_grad, "", atol, rtol, kind="grad", differ=f"{subject} differs")
+        _require(got.get(arg_name) is not None, "grad", f"{subject} is missing (the output does not depend on it)")
+        _compare_arrays(got[arg_name], expected_grad, "", atol, rtol, kind="grad", differ=f"{subject} differs")
 
 
 def _argument_names(fn, inputs) -> list[str]:

@@ -16,7 +16,7 @@ from ..metrics import recall_at_k
 from ..models.clip import clip_loss, small_clip, zero_shot_classifier
 from ..models.devise import hinge_rank_loss
 from ..world.scene import ALL_SHAPES, COLOR_RGB
-from .check import CheckResult, compare
+from .check import CheckResult, Comparison
 
 __all__ = ["check_clip_loss", "check_hinge_rank_loss", "check_recall_at_k", "check_zero_shot_classifier"]
 
@@ -35,65 +35,74 @@ HINT_RECALL = ("Query i matches candidate i. Count the candidates scoring at lea
 PROMPT_TEMPLATES = ("a {}", "a picture of a {}", "there is a {}", "{}", "the {} is left of a circle")
 
 
+def _clip_loss_inputs(gen: torch.Generator) -> tuple:
+    batch, dim = (int(v) for v in torch.randint(2, 10, (2,), generator=gen))
+    image_features, text_features = (F.normalize(torch.randn(batch, dim, generator=gen), dim=-1).requires_grad_()
+                                     for _ in range(2))  # (B, D) each
+    logit_scale = torch.empty(()).uniform_(1.0, 100.0, generator=gen)
+    return image_features, text_features, logit_scale
+
+
+def _zero_shot_inputs(gen: torch.Generator) -> tuple:
+    with torch.random.fork_rng():  # the model's random initialisation leaves the caller's RNG alone
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+        model = small_clip(width=32, embed_dim=16, depth=1).eval()
+    names = [f"{color} {shape}" for color in COLOR_RGB for shape in ALL_SHAPES]
+    num_classes = int(torch.randint(2, 6, (1,), generator=gen))
+    num_templates = int(torch.randint(1, 4, (1,), generator=gen))
+    classnames = [names[i] for i in torch.randperm(len(names), generator=gen)[:num_classes]]
+    templates = [PROMPT_TEMPLATES[i] for i in torch.randperm(len(PROMPT_TEMPLATES), generator=gen)[:num_templates]]
+    return model, classnames, templates
+
+
+def _hinge_rank_inputs(gen: torch.Generator) -> tuple:
+    batch, classes, dim = (int(v) for v in torch.randint(2, 8, (3,), generator=gen))
+    image_embeddings = (0.5 * torch.randn(batch, dim, generator=gen)).requires_grad_()  # (B, D)
+    label_vectors = F.normalize(torch.randn(classes, dim, generator=gen), dim=-1)  # (C, D)
+    targets = torch.randint(0, classes, (batch,), generator=gen)  # (B,)
+    return image_embeddings, label_vectors, targets, 0.1
+
+
+def _recall_inputs(gen: torch.Generator) -> tuple:
+    size = int(torch.randint(3, 12, (1,), generator=gen))
+    similarity = torch.randn(size, size, generator=gen)  # (N, N)
+    similarity += torch.eye(size) * float(torch.rand((), generator=gen)) * 2  # some diagonals win, some not
+    return similarity, int(torch.randint(1, size + 1, (1,), generator=gen))
+
+
+CLIP_LOSS = Comparison("clip_loss", clip_loss, _clip_loss_inputs, check_grad=True, hint=HINT_CLIP_LOSS)
+ZERO_SHOT_CLASSIFIER = Comparison("zero_shot_classifier", zero_shot_classifier, _zero_shot_inputs,
+                                  hint=HINT_ZERO_SHOT)
+HINGE_RANK_LOSS = Comparison("hinge_rank_loss", hinge_rank_loss, _hinge_rank_inputs, check_grad=True,
+                             hint=HINT_HINGE_RANK)
+RECALL_AT_K = Comparison("recall_at_k", recall_at_k, _recall_inputs, hint=HINT_RECALL)
+
+
 def check_clip_loss(clip_loss_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`clip_loss_fn(image_features, text_features, logit_scale)`, L2-normalised (B, D) features and
     a 0-d positive scale, must return `mmcourse.models.clip.clip_loss`: values and gradients."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        batch, dim = (int(v) for v in torch.randint(2, 10, (2,), generator=gen))
-        image_features, text_features = (F.normalize(torch.randn(batch, dim, generator=gen), dim=-1).requires_grad_()
-                                         for _ in range(2))  # (B, D) each
-        logit_scale = torch.empty(()).uniform_(1.0, 100.0, generator=gen)
-        return image_features, text_features, logit_scale
-
-    return compare(clip_loss_fn, clip_loss, make_inputs, check_grad=True, name="clip_loss", hint=HINT_CLIP_LOSS,
-                   raise_on_fail=raise_on_fail)
+    return CLIP_LOSS.check(clip_loss_fn, raise_on_fail=raise_on_fail)
 
 
 def check_zero_shot_classifier(zero_shot_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`zero_shot_fn(model, classnames, templates)` must return the (D, C) weights of
     `mmcourse.models.clip.zero_shot_classifier` for a small random course CLIP, class names of the
     world and str templates holding "{}"."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        with torch.random.fork_rng():  # the model's random initialisation leaves the caller's RNG alone
-            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-            model = small_clip(width=32, embed_dim=16, depth=1).eval()
-        names = [f"{color} {shape}" for color in COLOR_RGB for shape in ALL_SHAPES]
-        num_classes = int(torch.randint(2, 6, (1,), generator=gen))
-        num_templates = int(torch.randint(1, 4, (1,), generator=gen))
-        classnames = [names[i] for i in torch.randperm(len(names), generator=gen)[:num_classes]]
-        templates = [PROMPT_TEMPLATES[i] for i in torch.randperm(len(PROMPT_TEMPLATES), generator=gen)[:num_templates]]
-        return model, classnames, templates
-
-    return compare(zero_shot_fn, zero_shot_classifier, make_inputs, name="zero_shot_classifier", hint=HINT_ZERO_SHOT,
-                   raise_on_fail=raise_on_fail)
+    return ZERO_SHOT_CLASSIFIER.check(zero_shot_fn, raise_on_fail=raise_on_fail)
 
 
 def check_hinge_rank_loss(hinge_rank_loss_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`hinge_rank_loss_fn(image_embeddings, label_vectors, targets, margin)` must return
     `mmcourse.models.devise.hinge_rank_loss`: values and gradients w.r.t. the image embeddings."""
-
-    def make_inputs(gen: torch.Generator) -> tuple:
-        batch, classes, dim = (int(v) for v in torch.randint(2, 8, (3,), generator=gen))
-        image_embeddings = (0.5 * torch.randn(batch, dim, generator=gen)).requires_grad_()  # (B, D)
-        label_vectors = F.normalize(torch.randn(classes, dim, generator=gen), dim=-1)  # (C, D)
-        targets = torch.randint(0, classes, (batch,), generator=gen)  # (B,)
-        return image_embeddings, label_vectors, targets, 0.1
-
-    return compare(hinge_rank_loss_fn, hinge_rank_loss, make_inputs, check_grad=True, name="hinge_rank_loss",
-                   hint=HINT_HINGE_RANK, raise_on_fail=raise_on_fail)
+    return HINGE_RANK_LOSS.check(hinge_rank_loss_fn, raise_on_fail=raise_on_fail)
 
 
 def check_recall_at_k(recall_at_k_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
     """`recall_at_k_fn(similarity, k)`, an (N, N) tensor whose query i matches candidate i, must
     return `mmcourse.metrics.recall_at_k` as a float."""
+    return RECALL_AT_K.check(recall_at_k_fn, raise_on_fail=raise_on_fail)
 
-    def make_inputs(gen: torch.Generator) -> tuple:
-        size = int(torch.randint(3, 12, (1,), generator=gen))
-        similarity = torch.randn(size, size, generator=gen)  # (N, N)
-        similarity += torch.eye(size) * float(torch.rand((), generator=gen)) * 2  # some diagonals win, some not
-        return similarity, int(torch.randint(1, size + 1, (1,), generator=gen))
 
-    return compare(recall_at_k_fn, recall_at_k, make_inputs, name="recall_at_k", hint=HINT_RECALL,
-                   raise_on_fail=raise_on_fail)
+# What `mmcourse grade` grades: each check of this notebook, by the name its check cell calls.
+EXERCISES = {"check_clip_loss": CLIP_LOSS, "check_zero_shot_classifier": ZERO_SHOT_CLASSIFIER,
+             "check_hinge_rank_loss": HINGE_RANK_LOSS, "check_recall_at_k": RECALL_AT_K}
