@@ -1,6 +1,6 @@
 """The `mmcourse` command: run the notebooks, draw the world, report the environment.
 
-    mmcourse run [--scale auto|ci|cpu|gpu] [--only PATTERN] [--notebooks DIR] [--out DIR]
+    mmcourse run [--scale auto|ci|cpu|gpu] [--only PATTERN] [--notebooks DIR] [--out DIR] [--no-html]
     mmcourse assign NOTEBOOK... --out DIR
     mmcourse grade --source SOLUTION.ipynb SUBMISSION... --out grades.csv [--timeout 600] [--cpu-seconds N]
                    [--memory-gb 8]
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .paths import RESULTS_ENV, project_root
-from .results import format_table, load_results
+from .results import format_summary, load_results
 
 
 def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Path,
@@ -27,13 +27,32 @@ def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Pat
     output.parent.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{source.stem}.json").unlink(missing_ok=True)  # never show a stale figure
-    os.environ[RESULTS_ENV] = str(results)
+    os.environ[RESULTS_ENV] = str(results.resolve())  # the kernel works in the notebook's folder
     os.environ.setdefault("MPLBACKEND", "Agg")
     started = time.perf_counter()
     papermill.execute_notebook(str(source), str(output), parameters={"SCALE": scale, "SEED": seed},
                                cwd=str(source.parent), kernel_name="python3", language="python", progress_bar=False,
                                execution_timeout=cell_timeout)
     return time.perf_counter() - started
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory where it lies below it, else as it is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def publish_html(executed: list[Path], results: Path, html: Path) -> Path:
+    """Write every notebook of `executed` that exists as a page in `html`, then the index of every
+    record in `results`; return the index."""
+    from .publish import notebook_html, write_index
+
+    for notebook in executed:
+        if notebook.is_file():
+            notebook_html(notebook, html)
+    return write_index(load_results(results), html)
 
 
 def cmd_run(args) -> int:
@@ -59,7 +78,12 @@ def cmd_run(args) -> int:
             print(f"  FAILED: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}")
     records = [r for r in load_results(results) if f"{r['notebook']}.ipynb" in {n.name for n in notebooks}]
     print()
-    print(format_table(records) if records else "no headline figures were reported")
+    print(format_summary(records) if records else "no headline figures were reported")
+    full_list = [f"{shown(results)}/<notebook>.json"] if records else []
+    if args.html:
+        full_list.append(shown(publish_html([out / "notebooks" / n.name for n in notebooks], results, out / "html")))
+    if full_list:
+        print(f"full list: {' and '.join(full_list)}")
     if failed:
         print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)} (executed copies in {out / 'notebooks'})")
         return 1
@@ -121,12 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcourse", description="The mmcourse command line.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="execute every notebook with papermill into build/ and print the figures")
+    run = commands.add_parser("run", help="execute every notebook with papermill into build/, write its HTML pages "
+                                          "and print the figures")
     run.add_argument("--scale", default="auto", choices=["auto", "ci", "cpu", "gpu"])
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--only", default="*", help="glob on notebook names, e.g. '01_*'")
     run.add_argument("--notebooks", help="folder of notebooks (default: notebooks/ of the project)")
     run.add_argument("--out", help="output folder (default: build/ of the project)")
+    run.add_argument("--no-html", dest="html", action="store_false",
+                     help="skip the HTML pages and index under OUT/html/")
     run.set_defaults(handler=cmd_run)
 
     assign = commands.add_parser("assign", help="write student copies: solutions removed, outputs cleared")

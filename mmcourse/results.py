@@ -79,14 +79,43 @@ def load_results(folder: Path | None = None) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def format_value(value: int | float) -> str:
+    """A headline figure as shown in tables: floats to 4 significant digits, ints whole."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A wall time in whole seconds; '-' when the notebook did not record one."""
+    return "-" if seconds is None else f"{seconds:.0f}"
+
+
+def _align(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(records: list[dict]) -> str:
     """One plain-text table: notebook, scale, wall time, then one line per headline figure."""
     rows = [("notebook", "scale", "time (s)", "figure", "value")]
     for record in records:
         for i, (key, value) in enumerate(sorted(record["metrics"].items())):
             head = (record["notebook"], str(record["scale"]), str(record["wall_time_s"])) if i == 0 else ("", "", "")
-            rows.append((*head, key, f"{value:.4g}" if isinstance(value, float) else str(value)))
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+            rows.append((*head, key, format_value(value)))
+    return _align(rows)
+
+
+def format_summary(records: list[dict], figures: int = 3) -> str:
+    """A compact plain-text table, one line per notebook: notebook, scale, wall time and its first
+    `figures` headline figures (in name order), then how many more it reported."""
+    if isinstance(figures, bool) or not isinstance(figures, int) or figures < 1:
+        raise ValueError(f"figures must be an int >= 1, got {figures!r}")
+    rows = [("notebook", "scale", "time (s)", "headline figures")]
+    for record in records:
+        metrics = sorted(record["metrics"].items())
+        shown = ", ".join(f"{key}={format_value(value)}" for key, value in metrics[:figures])
+        more = f" (+{len(metrics) - figures} more)" if len(metrics) > figures else ""
+        rows.append((record["notebook"], str(record["scale"]), format_seconds(record["wall_time_s"]), shown + more))
+    return _align(rows)
