@@ -80,6 +80,12 @@ def recall_at_k_off_by_one(similarity, k):
     return recall_at_k(similarity, k - 1) if k > 1 else 0.0
 
 
+def recall_at_k_optimistic_about_ties(similarity, k):
+    true_scores = similarity.diagonal()
+    beaten_by = (similarity > true_scores[:, None]).sum(1)  # ties counted for the true candidate
+    return float((beaten_by < k).float().mean())
+
+
 def recall_at_k_as_tensor(similarity, k):
     return torch.tensor(recall_at_k(similarity, k))
 
@@ -115,6 +121,7 @@ def test_right_answers_pass(check):
     (check_zero_shot_classifier, zero_shot_classifier_transposed, "shape"),
     (check_hinge_rank_loss, hinge_rank_loss_including_the_true_label, "value"),
     (check_recall_at_k, recall_at_k_off_by_one, "value"),
+    (check_recall_at_k, recall_at_k_optimistic_about_ties, "value"),
     (check_recall_at_k, recall_at_k_as_tensor, "expected a float"),
 ], ids=lambda item: getattr(item, "__name__", ""))
 def test_typical_mistakes_fail_with_a_reason_and_a_hint(check, wrong, kind):
