@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import PROGRESS_ENV
 from .paths import RESULTS_ENV, project_root
 from .results import format_summary, load_results
 
@@ -29,10 +30,18 @@ def run_notebook(source: Path, output: Path, scale: str, seed: int, results: Pat
     (results / f"{source.stem}.json").unlink(missing_ok=True)  # never show a stale figure
     os.environ[RESULTS_ENV] = str(results.resolve())  # the kernel works in the notebook's folder
     os.environ.setdefault("MPLBACKEND", "Agg")
+    progress = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "0"  # no front end: a progress bar would be stored frozen at 0%
     started = time.perf_counter()
-    papermill.execute_notebook(str(source), str(output), parameters={"SCALE": scale, "SEED": seed},
-                               cwd=str(source.parent), kernel_name="python3", language="python", progress_bar=False,
-                               execution_timeout=cell_timeout)
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters={"SCALE": scale, "SEED": seed},
+                                   cwd=str(source.parent), kernel_name="python3", language="python",
+                                   progress_bar=False, execution_timeout=cell_timeout)
+    finally:
+        if progress is None:
+            os.environ.pop(PROGRESS_ENV)
+        else:
+            os.environ[PROGRESS_ENV] = progress
     return time.perf_counter() - started
 
 

@@ -3,6 +3,9 @@
 `ci` proves that every cell runs and that learning happens, in seconds on two cores; `cpu` is what a
 student runs on a laptop in a few minutes; `gpu` is the full version. "auto" reads the environment
 variable MMCOURSE_SCALE, else picks "gpu" when CUDA is present and "cpu" otherwise.
+
+Progress bars: `cpu` and `gpu` show them, unless MMCOURSE_PROGRESS=0. `mmcourse run` sets that for
+the notebooks it executes: without a live front end a bar's widget would be stored frozen at 0%.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from .results import note_run
 
 SCALES = ("ci", "cpu", "gpu")
 SCALE_ENV = "MMCOURSE_SCALE"
+PROGRESS_ENV = "MMCOURSE_PROGRESS"  # "0": no progress bars at any scale; "1" or unset: the scale's default
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class CourseConfig:
     batch_size: int
     image_size: int  # pixels per side of rendered scenes
     width: int  # hidden width of the small encoders
-    progress: bool  # show tqdm bars (off at ci scale: logs stay clean)
+    progress: bool  # show tqdm bars (off at ci scale: logs stay clean; off when MMCOURSE_PROGRESS=0)
 
     def pick(self, ci, cpu, gpu):
         """The value for this scale, e.g. `cfg.pick(ci=2, cpu=10, gpu=40)` epochs."""
@@ -67,4 +71,14 @@ def course_config(scale: str = "auto") -> CourseConfig:
     """The sizes for `scale` (see the module docstring)."""
     name = resolve_scale(scale)
     note_run(scale=name)
-    return CourseConfig(scale=name, **_SIZES[name])
+    sizes = dict(_SIZES[name])
+    sizes["progress"] = sizes["progress"] and _progress_allowed()
+    return CourseConfig(scale=name, **sizes)
+
+
+def _progress_allowed() -> bool:
+    """False when MMCOURSE_PROGRESS is "0"; True when it is "1" or unset."""
+    value = os.environ.get(PROGRESS_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{PROGRESS_ENV}={value!r} is not allowed; expected '0' (no progress bars) or '1'")
+    return value == "1"

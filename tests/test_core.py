@@ -202,3 +202,15 @@ def test_cli_world_writes_a_contact_sheet(tmp_path, capsys):
     out = tmp_path / "sheet.png"
     assert cli.main(["world", "--out", str(out), "--n", "4", "--seed", "1"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in capsys.readouterr().out
+
+
+def test_progress_bars_follow_the_scale_unless_switched_off(monkeypatch):
+    monkeypatch.delenv("MMCOURSE_PROGRESS", raising=False)
+    assert course_config("cpu").progress and not course_config("ci").progress
+    monkeypatch.setenv("MMCOURSE_PROGRESS", "0")
+    assert not course_config("cpu").progress and not course_config("gpu").progress
+    monkeypatch.setenv("MMCOURSE_PROGRESS", "1")
+    assert course_config("gpu").progress
+    monkeypatch.setenv("MMCOURSE_PROGRESS", "no")
+    with pytest.raises(ValueError, match="MMCOURSE_PROGRESS='no' is not allowed"):
+        course_config("cpu")

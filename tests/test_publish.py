@@ -181,3 +181,17 @@ def test_run_notebook_hands_the_kernel_an_absolute_results_folder(tmp_path, monk
     cli.run_notebook(Path("nb/01_x.ipynb"), Path("build/notebooks/01_x.ipynb"), "ci", 0, Path("build/results"))
     assert Path(os.environ[cli.RESULTS_ENV]) == tmp_path.resolve() / "build" / "results"
     assert seen["cwd"] == "nb"
+
+
+def test_run_notebook_switches_progress_bars_off_for_the_kernel(tmp_path, monkeypatch):
+    """Without a front end a tqdm widget would be stored frozen at 0%."""
+    import papermill
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda *args, **kwargs: seen.update(progress=os.environ.get(cli.PROGRESS_ENV)))
+    monkeypatch.setenv(cli.PROGRESS_ENV, "1")
+    monkeypatch.setenv(cli.RESULTS_ENV, "")
+    monkeypatch.chdir(tmp_path)
+    cli.run_notebook(Path("nb/01_x.ipynb"), Path("build/notebooks/01_x.ipynb"), "cpu", 0, Path("build/results"))
+    assert seen["progress"] == "0" and os.environ[cli.PROGRESS_ENV] == "1"  # for the kernel only
