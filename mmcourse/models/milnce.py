@@ -238,10 +238,7 @@ def _check_loss_inputs(video_features, text_features, temperature, candidate_mas
     if not float(temperature.detach() if isinstance(temperature, torch.Tensor) else temperature) > 0:
         raise ValueError(f"temperature must be positive, got {float(temperature)}")
     if candidate_mask is not None:
-        check_tensor("candidate_mask", candidate_mask, 2)
-        if candidate_mask.dtype != torch.bool or candidate_mask.shape != text_features.shape[:2]:
-            raise ValueError(f"candidate_mask must be a bool tensor of shape {tuple(text_features.shape[:2])} "
-                             f"(B, K), got {candidate_mask.dtype} of shape {tuple(candidate_mask.shape)}")
+        _check_mask("candidate_mask", candidate_mask, text_features.shape[:2], "(B, K)")
         if not bool(candidate_mask.any(1).all()):
             raise ValueError(f"candidate_mask row {int((~candidate_mask.any(1)).nonzero()[0])} is all False; "
                              "every bag needs at least one real narration")
@@ -252,10 +249,14 @@ def _check_frames(frames, frame_mask) -> None:
     if frames.shape[2] != 3 or frames.shape[1] < 2:
         raise ValueError(f"frames must have shape (B, T, 3, H, W) with T >= 2 frames, got {tuple(frames.shape)}")
     if frame_mask is not None:
-        check_tensor("frame_mask", frame_mask, 2)
-        if frame_mask.dtype != torch.bool or frame_mask.shape != frames.shape[:2]:
-            raise ValueError(f"frame_mask must be a bool tensor of shape {tuple(frames.shape[:2])} (B, T), "
-                             f"got {frame_mask.dtype} of shape {tuple(frame_mask.shape)}")
+        _check_mask("frame_mask", frame_mask, frames.shape[:2], "(B, T)")
+
+
+def _check_mask(name: str, mask, shape: torch.Size, axes: str) -> None:
+    check_tensor(name, mask, 2)
+    if mask.dtype != torch.bool or mask.shape != shape:
+        raise ValueError(f"{name} must be a bool tensor of shape {tuple(shape)} {axes}, "
+                         f"got {mask.dtype} of shape {tuple(mask.shape)}")
 
 
 def _check_batch(batch) -> None:
