@@ -69,6 +69,19 @@ def test_question_items_answer_their_programs():
     assert np.array_equal(data.arrays["scene_index"], np.repeat(np.arange(30), 4))
 
 
+def test_question_items_hold_the_objects_of_their_scene():
+    data = datasets.QuestionDataset(20, seed=4, questions_per_scene=2)
+    for j in range(0, len(data), 3):
+        item = data[j]
+        scene = data.scenes[item["scene_index"]]
+        picture = render(scene, data.image_size)
+        k = len(scene)
+        assert item["index"] == j
+        assert item["objects"].tolist() == [True] * k + [False] * (len(item["objects"]) - k)
+        assert np.allclose(item["boxes"][:k].numpy(), picture.boxes) and not item["boxes"][k:].any()
+        assert np.array_equal(item["mask"].numpy(), picture.instance_mask)
+
+
 def test_questions_of_scenes_that_cannot_be_asked_are_skipped_not_misindexed():
     data = datasets.QuestionDataset(40, seed=0, questions_per_scene=3, families=["compare_attribute"])
     for j in range(len(data)):

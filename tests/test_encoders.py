@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mmcourse.models.encoders import (ConvImageEncoder, ConvSequenceEncoder, RegionEncoder, TextTransformer, ViTEncoder,
-                                      masked_mean)
+from mmcourse.models.encoders import (ConvImageEncoder, ConvSequenceEncoder, QuestionEncoder, RegionEncoder,
+                                      TextTransformer, ViTEncoder, masked_mean)
 
 
 def test_masked_mean_ignores_masked_steps():
@@ -88,3 +88,28 @@ def test_region_encoder_refuses_bad_boxes():
         encoder(torch.rand(2, 3, 32, 32), torch.zeros(3, 1, 4))
     with pytest.raises(ValueError, match="boxes must have 3 dimensions"):
         encoder(torch.rand(2, 3, 32, 32), torch.zeros(2, 4))
+
+
+def test_question_encoder_ignores_padding():
+    torch.manual_seed(0)
+    encoder = QuestionEncoder(vocab_size=30, width=16)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    words, padding, question = encoder(ids)
+    assert words.shape == (2, 5, 16) and question.shape == (2, 16)
+    assert padding.tolist() == [[False, False, False, True, True], [False] * 5]
+    assert not words[0, 3:].any()  # packed: no state at padded positions
+    alone_words, _, alone = encoder(ids[:1, :3])
+    assert torch.allclose(alone, question[:1], atol=1e-6)  # trailing padding changes nothing
+    assert torch.allclose(alone_words, words[:1, :3], atol=1e-6)
+
+
+def test_question_encoder_refuses_bad_input():
+    encoder = QuestionEncoder(vocab_size=30, width=16)
+    with pytest.raises(ValueError, match="question has a row made only of padding"):
+        encoder(torch.tensor([[3, 4], [0, 0]]))
+    with pytest.raises(ValueError, match="question holds token id 30"):
+        encoder(torch.tensor([[3, 30]]))
+    with pytest.raises(TypeError, match="question must be an integer tensor"):
+        encoder(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="width=15 must be even"):
+        QuestionEncoder(vocab_size=30, width=15)

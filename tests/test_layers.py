@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from mmcourse.models.layers import (IGNORE_INDEX, MultiHeadAttention, PatchEmbedding, TransformerEncoder,
-                                    TransformerLayer, attention, balanced_class_weights, mask_tokens,
-                                    mismatched_partners, mlm_loss, stack_padded)
+                                    TransformerLayer, attention, attention_pool, balanced_class_weights, mask_tokens,
+                                    masked_softmax, mismatched_partners, mlm_loss, stack_padded)
 
 
 def torch_attention_like(ours: MultiHeadAttention) -> nn.MultiheadAttention:
@@ -194,3 +194,15 @@ def test_balanced_class_weights_give_each_class_half_of_the_weight():
     assert (weights[labels][labels == 0].sum() == weights[labels][labels == 1].sum())
     with pytest.raises(ValueError, match="both classes"):
         balanced_class_weights(torch.ones(4, dtype=torch.long))
+
+
+def test_masked_softmax_gives_padding_exactly_zero_and_pools_by_weight():
+    scores = torch.tensor([[1.0, 2.0, 50.0], [0.0, 0.0, 0.0]])
+    padding = torch.tensor([[False, False, True], [False, False, False]])
+    weights = masked_softmax(scores, padding)
+    assert weights[0, 2] == 0 and torch.allclose(weights.sum(-1), torch.ones(2))
+    assert torch.allclose(weights[0, :2], torch.softmax(torch.tensor([1.0, 2.0]), 0))
+    features = torch.randn(2, 3, 4)
+    assert torch.allclose(attention_pool(features, weights), (weights[..., None] * features).sum(1))
+    glimpses = torch.stack([weights, weights.flip(-1)], 1)  # (B, 2, N)
+    assert torch.allclose(attention_pool(features, glimpses)[:, 1], attention_pool(features, weights.flip(-1)))

@@ -4,8 +4,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from mmcourse.world.language import Tokenizer
-from mmcourse.world.programs import (ANSWERS, FAMILIES, FUNCTIONS, TEMPLATES, WORDS, AmbiguousReference, Question,
-                                     QuestionSampler, ask, ask_balanced, balance_keys, execute, execute_trace, parse)
+from mmcourse.world.programs import (ANSWERS, FAMILIES, FUNCTIONS, LAYOUT_TOKENS, TEMPLATES, WORDS, AmbiguousReference,
+                                     Question, QuestionSampler, ask, ask_balanced, balance_keys, execute, execute_trace,
+                                     layout_tokens, parse, program_from_layout)
 from mmcourse.world.scene import Scene, SceneObject, sample_scenes
 
 
@@ -242,6 +243,38 @@ def test_generated_programs_and_parses_execute_to_the_answer(asked):
     for scene, question in asked:
         assert execute(question.program, scene) == question.answer, question.text
         assert parse(question.text) == list(question.program), question.text
+
+
+def test_layouts_read_back_to_the_program(asked):
+    for _, question in asked:
+        tokens = layout_tokens(question.program)
+        assert set(tokens) <= set(LAYOUT_TOKENS)
+        assert tokens[0].split("[")[0] == question.program[-1]["function"]  # prefix order: the answer module first
+        assert program_from_layout(tokens) == list(question.program), question.text
+
+
+def test_layout_of_a_relational_question():
+    tokens = layout_tokens(parse("what color is the circle left of the blue square?"))
+    assert tokens == ["query_color", "unique", "filter_shape[circle]", "relate[left]", "unique",
+                      "filter_shape[square]", "filter_color[blue]", "scene"]
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (["count"], "ends early"),
+    (["count", "scene", "scene"], r"goes on after its tree is complete, at token 2"),
+    (["count", "find[red]", "scene"], r"token 1 \('find\[red\]'\) is an unknown module"),
+    (["count", "filter_color[pink]", "scene"], "unknown module"),
+    (["query_color", "scene"], r"query_color expects a single object"),
+    ([], "tokens is empty"),
+])
+def test_bad_layouts_are_refused_naming_the_token(tokens, message):
+    with pytest.raises(ValueError, match=message):
+        program_from_layout(tokens)
+
+
+def test_layout_of_a_non_sequence_is_refused():
+    with pytest.raises(TypeError, match="tokens must be a sequence"):
+        program_from_layout("count scene")
 
 
 def test_generated_questions_are_well_formed(asked):

@@ -121,3 +121,12 @@ def test_scene_rejects_unknown_preset_and_non_objects():
         Scene(objects=(obj,), preset="clevr3d")
     with pytest.raises(TypeError, match=r"objects\[1\]"):
         Scene(objects=(obj, "a blue square"))
+
+
+@pytest.mark.parametrize("preset, square, triangle", [("cogent_a", {"red", "green", "blue"}, {"yellow", "purple", "cyan"}),
+                                                      ("cogent_b", {"yellow", "purple", "cyan"}, {"red", "green", "blue"})])
+def test_cogent_conditions_give_each_shape_its_palette(preset, square, triangle):
+    objects = [o for scene in sample_scenes(300, seed=1, preset=preset) for o in scene.objects]
+    colors = {shape: {o.color for o in objects if o.shape == shape} for shape in ("circle", "square", "triangle")}
+    assert colors == {"circle": set(DEFAULT.colors), "square": square, "triangle": triangle}
+

@@ -203,6 +203,38 @@ class TextTransformer(nn.Module):
         return h[torch.arange(len(ids), device=ids.device), last]  # (B, width)
 
 
+class QuestionEncoder(nn.Module):
+    """The question reader of the VQA models (notebook 04): (B, L) token ids -> per-word states and a
+    question vector.
+
+    Word embeddings and a one-layer LSTM (Hochreiter & Schmidhuber 1997), as in the VQA baselines
+    (Antol et al. 2015) and stacked attention (Yang et al. 2016); bidirectional by default, so each
+    word's state also knows the words after it. `forward` returns (words (B, L, width), padding
+    (B, L) bool, True where there is no word, question (B, width)): the question vector is the
+    masked mean of the word states, so padding changes nothing. `pad_id` rows are skipped.
+    """
+
+    def __init__(self, vocab_size: int, width: int, pad_id: int = 0, bidirectional: bool = True):
+        super().__init__()
+        if bidirectional and width % 2:
+            raise ValueError(f"width={width} must be even for a bidirectional LSTM (half per direction)")
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
+        self.lstm = nn.LSTM(width, width // 2 if bidirectional else width, batch_first=True,
+                            bidirectional=bidirectional)
+        self.pad_id, self.width = pad_id, width
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_token_ids("question", check_tensor("question", ids, 2, floating=False), self.embed.num_embeddings)
+        padding = ids == self.pad_id  # (B, L)
+        if padding.all(1).any():
+            raise ValueError("question has a row made only of padding; every question needs at least one word")
+        lengths = (~padding).sum(1).cpu()  # (B,)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        words, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=ids.shape[1])  # (B, L, width)
+        return words, padding, masked_mean(words, ~padding)  # (B, L, width), (B, L), (B, width)
+
+
 class RegionEncoder(nn.Module):
     """Object features from given boxes: the course's stand-in for a Faster R-CNN detector.
 

@@ -50,6 +50,21 @@ def attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return output, weights
 
 
+def masked_softmax(scores: torch.Tensor, padding: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """softmax of `scores` along `dim`, with exactly zero weight where `padding` (broadcastable to
+    `scores`) is True: the attention of the VQA models over grid cells, objects or words."""
+    if padding is not None:
+        scores = scores.masked_fill(padding, float("-inf"))
+    return scores.softmax(dim)
+
+
+def attention_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i f_i: (B, N, D) features pooled with (B, N) or (B, G, N) weights -> (B, D) or (B, G, D)."""
+    if weights.dim() == 2:
+        return torch.einsum("bn,bnd->bd", weights, features)  # (B, D)
+    return torch.einsum("bgn,bnd->bgd", weights, features)  # (B, G, D)
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(d)) V over `heads` heads; queries from `x`, keys/values from `context`."""
 

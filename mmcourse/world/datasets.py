@@ -116,21 +116,15 @@ class CaptionDataset(_CachedDataset):
         size, capacity, per_image = self.image_size, self.preset.max_objects, self.captions_per_image
         offset = 1 if self.spec["wrap"] else 0  # a wrap's opening token shifts word positions by one
         arrays = {
-            "images": np.zeros((self.n, size, size, 3), np.uint8),
-            "masks": np.zeros((self.n, size, size), np.uint8),
-            "boxes": np.zeros((self.n, capacity, 4), np.float32),
+            **_object_arrays(self.scenes, size, capacity),
             "attributes": np.full((self.n, capacity, len(ATTRIBUTES)), -1, np.int64),
-            "num_objects": np.zeros(self.n, np.int64),
             "tokens": np.zeros((self.n, per_image, self.max_length), np.int64),
             "alignment": np.zeros((self.n, per_image, self.max_length, capacity), bool),
             "is_noisy": np.zeros((self.n, per_image), bool),
         }
         texts = []
         for i, scene in enumerate(self.scenes):
-            picture = render(scene, size)
             k = len(scene)
-            arrays["images"][i], arrays["masks"][i], arrays["boxes"][i, :k] = picture.image, picture.instance_mask, picture.boxes
-            arrays["num_objects"][i] = k
             arrays["attributes"][i, :k] = [[self.preset.values(a).index(getattr(o, a)) for a in ATTRIBUTES]
                                            for o in scene.objects]
             captions = language.noisy_captions(scene, self.seed, per_image, self.spec["noise_rate"])
@@ -168,8 +162,11 @@ class QuestionDataset(_CachedDataset):
     collection. Item j is question j.
 
     Item keys: image (3, H, W); question (L,) int64 tokens; answer (index into
-    `programs.ANSWERS`); family (index into `programs.FAMILIES`); scene_index. `program(j)`
-    returns question j's program, `texts[j]` its text.
+    `programs.ANSWERS`); family (index into `programs.FAMILIES`); scene_index; index (j); boxes (K, 4) xyxy
+    pixels and objects (K,) bool, True where box k holds object k of the scene (the "bottom-up"
+    proposals of object-based models); mask (H, W) int64 instance mask (0 background, k + 1 on
+    object k), against which attention is scored. K is the preset's maximum object count.
+    `program(j)` returns question j's program, `texts[j]` its text.
     """
 
     def __init__(self, n_scenes: int, seed: int, questions_per_scene: int = 5,
@@ -183,7 +180,7 @@ class QuestionDataset(_CachedDataset):
         spec = dict(kind="questions", n_scenes=self.n_scenes, seed=self.seed, preset=preset,
                     questions_per_scene=self.questions_per_scene,
                     families=list(families) if families is not None else None,
-                    image_size=self.image_size, max_length=self.max_length)
+                    image_size=self.image_size, max_length=self.max_length, objects=True)
         super().__init__(spec, cache)
         self.texts = self.arrays["texts"].tolist()
 
@@ -194,8 +191,7 @@ class QuestionDataset(_CachedDataset):
         scene_index = np.array([i for i, per_scene in enumerate(asked) for _ in per_scene], np.int64)
         texts = [q.text for q in questions]
         return {
-            "images": np.stack([render(s, self.image_size).image for s in self.scenes]) if self.scenes
-            else np.zeros((0, self.image_size, self.image_size, 3), np.uint8),
+            **_object_arrays(self.scenes, self.image_size, get_preset(self.spec["preset"]).max_objects),
             "questions": language.default_tokenizer().encode_batch(texts, self.max_length),
             "answers": np.array([programs.ANSWERS.index(q.answer) for q in questions], np.int64),
             "families": np.array([programs.FAMILIES.index(q.family) for q in questions], np.int64),
@@ -219,7 +215,24 @@ class QuestionDataset(_CachedDataset):
             "answer": int(a["answers"][j]),
             "family": int(a["families"][j]),
             "scene_index": scene_index,
+            "index": j,
+            "boxes": torch.from_numpy(a["boxes"][scene_index]),
+            "objects": torch.arange(a["boxes"].shape[1]) < int(a["num_objects"][scene_index]),
+            "mask": torch.from_numpy(a["masks"][scene_index].astype(np.int64)),
         }
+
+
+def _object_arrays(scenes: Sequence, size: int, capacity: int) -> dict[str, np.ndarray]:
+    """Rendered images, instance masks, boxes (padded to `capacity` objects) and object counts."""
+    arrays = {"images": np.zeros((len(scenes), size, size, 3), np.uint8),
+              "masks": np.zeros((len(scenes), size, size), np.uint8),
+              "boxes": np.zeros((len(scenes), capacity, 4), np.float32),
+              "num_objects": np.array([len(s) for s in scenes], np.int64)}
+    for i, scene in enumerate(scenes):
+        picture = render(scene, size)
+        arrays["images"][i], arrays["masks"][i], arrays["boxes"][i, :len(scene)] = (
+            picture.image, picture.instance_mask, picture.boxes)
+    return arrays
 
 
 class ClipDataset(_CachedDataset):

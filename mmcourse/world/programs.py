@@ -220,6 +220,73 @@ def execute_trace(program: Sequence[dict], scene: Scene) -> list:
     return outputs
 
 
+# ---------------------------------------------------------------------------------------------
+# Layouts: a program as one token per module, the sequence a program generator predicts
+# ---------------------------------------------------------------------------------------------
+
+def _module_tokens(function: Function) -> list[str]:
+    if function.value is None:
+        return [function.name]
+    return [f"{function.name}[{value}]" for value in _VALUE_CHOICES[function.value]]
+
+
+# Every module with its value bound ("filter_color[red]", "relate[left]", "count", ...).
+LAYOUT_TOKENS: tuple[str, ...] = tuple(token for function in FUNCTIONS.values() for token in _module_tokens(function))
+_LAYOUT_SET = frozenset(LAYOUT_TOKENS)
+_LAYOUT_TOKEN = re.compile(r"([a-z_]+)(?:\[([a-z]+)\])?")
+
+
+def layout_tokens(program: Sequence[dict]) -> list[str]:
+    """The program as a layout: its tree in prefix (Polish) order from the answer node down, one
+    token per module, e.g. ["count", "filter_color[red]", "scene"]. Each function's arity fixes the
+    tree, so `program_from_layout` reads it back (Hu et al. 2017 and Johnson et al. 2017b predict
+    programs in this form)."""
+    check_program(program)
+    tokens: list[str] = []
+
+    def visit(k: int) -> None:
+        node = program[k]
+        value = node["value_inputs"]
+        tokens.append(f"{node['function']}[{value[0]}]" if value else node["function"])
+        for j in node["inputs"]:
+            visit(j)
+
+    visit(len(program) - 1)
+    return tokens
+
+
+def program_from_layout(tokens: Sequence[str]) -> list[dict]:
+    """The program (nodes in execution order) of a prefix-order layout; ValueError names the token
+    at fault: an unknown module, a layout that ends early or goes on after its tree, wrong types."""
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise TypeError(f"tokens must be a sequence of layout tokens, got {type(tokens).__name__}")
+    if not tokens:
+        raise ValueError("tokens is empty; expected a layout such as ['count', 'filter_color[red]', 'scene']")
+    nodes: list[dict] = []
+    position = 0
+
+    def read() -> int:
+        nonlocal position
+        if position >= len(tokens):
+            raise ValueError(f"layout {list(tokens)} ends early: a module still waits for an input")
+        token = tokens[position]
+        if token not in _LAYOUT_SET:
+            raise ValueError(f"layout token {position} ({token!r}) is an unknown module; expected one of "
+                             f"the {len(LAYOUT_TOKENS)} LAYOUT_TOKENS, e.g. 'filter_color[red]' or 'count'")
+        name, value = _LAYOUT_TOKEN.fullmatch(token).groups()
+        position += 1
+        inputs = [read() for _ in FUNCTIONS[name].inputs]
+        nodes.append({"function": name, "inputs": inputs, "value_inputs": [value] if value else []})
+        return len(nodes) - 1
+
+    read()
+    if position != len(tokens):
+        raise ValueError(f"layout {list(tokens)} goes on after its tree is complete, at token {position} "
+                         f"({tokens[position]!r})")
+    check_program(nodes)
+    return nodes
+
+
 def format_answer(value) -> str:
     """The answer string of a final node's output: "yes"/"no", a count's digits or the value itself."""
     if isinstance(value, bool):

@@ -56,6 +56,8 @@ class Preset:
     image_size: int  # the render size this preset is meant for
     unique_colors: bool = False  # Sort-of-CLEVR: exactly one object of each colour
     margin: float = 0.02  # minimum gap between two objects, as a fraction of the canvas
+    # CLEVR-CoGenT: ((shape, colours it may take), ...); a shape not listed takes any colour.
+    shape_colors: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def values(self, attribute: str) -> tuple[str, ...]:
         """The values `attribute` takes in this preset (shapes, colours, sizes or styles)."""
@@ -63,17 +65,26 @@ class Preset:
         return {"shape": self.shapes, "color": self.colors, "size": self.sizes, "style": self.styles}[attribute]
 
 
+_DEFAULT = Preset(
+    name="default",
+    shapes=("circle", "square", "triangle"),
+    colors=("red", "green", "blue", "yellow", "purple", "cyan"),
+    sizes=("small", "large"),
+    styles=("filled", "outline"),
+    min_objects=2,
+    max_objects=6,
+    image_size=64,
+)
+_WARM, _COOL = ("red", "green", "blue"), ("yellow", "purple", "cyan")  # the CoGenT palettes
+
 PRESETS: dict[str, Preset] = {
-    "default": Preset(
-        name="default",
-        shapes=("circle", "square", "triangle"),
-        colors=("red", "green", "blue", "yellow", "purple", "cyan"),
-        sizes=("small", "large"),
-        styles=("filled", "outline"),
-        min_objects=2,
-        max_objects=6,
-        image_size=64,
-    ),
+    "default": _DEFAULT,
+    # CLEVR-CoGenT (Johnson et al. 2017) in our world: condition A gives squares only red, green or
+    # blue and triangles only yellow, purple or cyan; condition B swaps the two palettes. Circles
+    # take any colour in both. A model trained on A and tested on B meets colour-shape pairs it
+    # never saw: does it compose "yellow" and "square", or did it learn the pairs?
+    "cogent_a": replace(_DEFAULT, name="cogent_a", shape_colors=(("square", _WARM), ("triangle", _COOL))),
+    "cogent_b": replace(_DEFAULT, name="cogent_b", shape_colors=(("square", _COOL), ("triangle", _WARM))),
     # Santoro et al. 2017: 75x75 images, 6 colours, one square or circle of each colour.
     "sort_of_clevr": Preset(
         name="sort_of_clevr",
@@ -233,9 +244,15 @@ def _sample_scene(spec: Preset, rng: np.random.Generator, num_objects: int | Non
 def _place(spec: Preset, rng: np.random.Generator, count: int) -> list[SceneObject] | None:
     colors = list(rng.permutation(spec.colors)[:count]) if spec.unique_colors else None
     objects: list[SceneObject] = []
+    palettes = dict(spec.shape_colors)
     for k in range(count):
-        color = str(colors[k]) if colors is not None else str(rng.choice(spec.colors))
-        shape, size, style = (str(rng.choice(values)) for values in (spec.shapes, spec.sizes, spec.styles))
+        if palettes:  # CoGenT: the shape first, then a colour its palette allows
+            shape = str(rng.choice(spec.shapes))
+            color = str(rng.choice(palettes.get(shape, spec.colors)))
+            size, style = (str(rng.choice(values)) for values in (spec.sizes, spec.styles))
+        else:
+            color = str(colors[k]) if colors is not None else str(rng.choice(spec.colors))
+            shape, size, style = (str(rng.choice(values)) for values in (spec.shapes, spec.sizes, spec.styles))
         radius = SIZE_RADIUS[size]
         low, high = radius + spec.margin, 1.0 - radius - spec.margin
         for _ in range(200):
