@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from mmcourse.viz import (contact_sheet, draw_scene, overlay_heatmap, plot_history, scene_grid, show,  # noqa: E402
-                          upsample_nearest)
+from mmcourse.viz import (contact_sheet, draw_scene, overlay_heatmap, overlay_object_weights, plot_history,  # noqa: E402
+                          scene_grid, show, upsample_nearest, word_weights)
 from mmcourse.world.render import render  # noqa: E402
 from mmcourse.world.scene import sample_scenes  # noqa: E402
 
@@ -252,3 +252,24 @@ def test_show_displays_highlighted_code_inside_ipython(monkeypatch):
 def test_show_refuses_objects_without_source():
     with pytest.raises(TypeError, match="obj has no Python source"):
         show(len)
+
+
+def test_object_weights_fill_each_box_by_its_weight():
+    image = np.zeros((16, 16, 3), np.uint8)
+    boxes = np.array([[0, 0, 4, 4], [8, 8, 15, 15]], np.float32)
+    ax = overlay_object_weights(image, boxes, np.array([0.1, 0.9]), title="which object")
+    patches = ax.patches
+    assert len(patches) == 2 and patches[1].get_alpha() > patches[0].get_alpha()
+    assert [t.get_text() for t in ax.texts] == ["0.10", "0.90"] and ax.get_title() == "which object"
+    with pytest.raises(ValueError, match=r"weights has shape \(3,\); expected \(2,\)"):
+        overlay_object_weights(image, boxes, np.ones(3))
+    with pytest.raises(ValueError, match="weights must be finite and non-negative"):
+        overlay_object_weights(image, boxes, np.array([-1.0, 0.5]))
+
+
+def test_word_weights_draw_one_bar_per_word():
+    ax = word_weights(["what", "color", "?"], np.array([0.2, 0.7, 0.1]))
+    assert [round(p.get_height(), 2) for p in ax.patches] == [0.2, 0.7, 0.1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["what", "color", "?"]
+    with pytest.raises(ValueError, match="one weight per word"):
+        word_weights(["a"], np.ones(2))

@@ -1,5 +1,9 @@
 """Heat maps over images: where a model looks.
 
+`overlay_object_weights` draws attention over *objects* instead of grid cells (bottom-up attention,
+Anderson et al. 2018; the modules of neural module networks): each box is filled in proportion to
+its weight. `word_weights` draws attention over the words of a question as bars.
+
 Used for the cross-modal attention maps of the alignment section (e.g. a word's attention over the
 4x4 patch grid of a ViLT-style model, Kim et al. 2021), the stacked-attention hops of VQA (Yang et
 al. 2016), and per-pixel similarity maps of open-vocabulary segmentation (LSeg, Li et al. 2022).
@@ -9,7 +13,9 @@ grid stays a visible block instead of being smeared across its neighbours.
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
 
 from ._axes import axes_or_new, check_optional_str
 
@@ -46,6 +52,51 @@ def overlay_heatmap(image, heat, ax: Axes | None = None, alpha: float = 0.5, cma
         ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="heat")
     ax.set_title(title if title is not None else f"{heat.shape[0]}x{heat.shape[1]} heat map over the image")
     ax.set_axis_off()
+    return ax
+
+
+def overlay_object_weights(image, boxes, weights, ax: Axes | None = None, title: str | None = None,
+                           cmap: str = "inferno") -> Axes:
+    """Draw `image` (H, W, 3) with each of the K `boxes` (K, 4) xyxy pixels filled by its weight
+    in `weights` (K,) (non-negative; 0 is transparent, the largest weight or 1, whichever is larger,
+    opaque) and labelled with it. Padding boxes must be left out by the caller."""
+    image = _check_image(_to_numpy(image))
+    boxes, weights = _to_numpy(boxes).astype(np.float64), _to_numpy(weights).astype(np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (K, 4), got {boxes.shape}")
+    if weights.shape != (len(boxes),):
+        raise ValueError(f"weights has shape {weights.shape}; expected ({len(boxes)},), one weight per box")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    title = check_optional_str("title", title)
+    ax = axes_or_new(ax, figsize=(4, 4))
+    height, width = image.shape[:2]
+    ax.imshow(image, extent=(0, width, height, 0), interpolation="nearest")
+    scale, colors = max(1.0, float(weights.max(initial=0.0))), colormaps[cmap]
+    for (x0, y0, x1, y1), weight in zip(boxes.tolist(), weights.tolist()):
+        share = weight / scale
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=colors(share), alpha=0.15 + 0.6 * share,
+                               edgecolor=colors(share), linewidth=1.5))
+        ax.text(x0, y0, f"{weight:.2f}", color="white", fontsize=7, ha="left", va="bottom", clip_on=False,
+                bbox=dict(facecolor="black", edgecolor="none", pad=1.0, alpha=0.7))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_title(title if title is not None else "attention over objects", fontsize=9)
+    ax.set_axis_off()
+    return ax
+
+
+def word_weights(words, weights, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Bars of `weights` (L,) over `words` (L strings): where attention over a question goes."""
+    words, weights = [str(w) for w in words], _to_numpy(weights).astype(np.float64)
+    if weights.shape != (len(words),):
+        raise ValueError(f"weights has shape {weights.shape}; expected ({len(words)},), one weight per word")
+    title = check_optional_str("title", title)
+    ax = axes_or_new(ax, figsize=(max(3.0, 0.45 * len(words)), 2.2))
+    ax.bar(range(len(words)), weights, color="tab:purple")
+    ax.set_xticks(range(len(words)), words, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("weight")
+    ax.set_title(title if title is not None else "attention over the words", fontsize=9)
     return ax
 
 
