@@ -28,17 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import QuestionEncoder, check_tensor, masked_mean
+from .encoders import QuestionEncoder, check_positive_int, check_tensor, masked_mean
 from .layers import attention_pool, check_padding_mask, masked_softmax
 from .vqa import answer_head, check_vqa_inputs
 
 FUSIONS = ("mfh", "concat")
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,10 +72,10 @@ class MFB(nn.Module):
 
     def __init__(self, x_width: int, y_width: int, out_width: int, k: int = 5, dropout: float = 0.0):
         super().__init__()
-        self.k = _check_positive_int("k", k)
-        self.out_width = _check_positive_int("out_width", out_width)
-        self.x_projection = nn.Linear(_check_positive_int("x_width", x_width), k * out_width)  # U~
-        self.y_projection = nn.Linear(_check_positive_int("y_width", y_width), k * out_width)  # V~
+        self.k = check_positive_int("k", k)
+        self.out_width = check_positive_int("out_width", out_width)
+        self.x_projection = nn.Linear(check_positive_int("x_width", x_width), k * out_width)  # U~
+        self.y_projection = nn.Linear(check_positive_int("y_width", y_width), k * out_width)  # V~
         self.dropout = nn.Dropout(dropout)
 
     def expand(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,7 +99,7 @@ class MFH(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList(MFB(x_width, y_width, out_width, k, dropout)
-                                    for _ in range(_check_positive_int("order", order)))
+                                    for _ in range(check_positive_int("order", order)))
         self.out_width = order * out_width
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -144,7 +139,7 @@ class BilinearAttention(nn.Module):
         super().__init__()
         for name, value in dict(object_width=object_width, word_width=word_width, hidden=hidden,
                                 glimpses=glimpses).items():
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         self.object_projection = nn.Linear(object_width, hidden)  # U
         self.word_projection = nn.Linear(word_width, hidden)  # V
         self.glimpse_vectors = nn.Parameter(torch.randn(glimpses, hidden) / hidden ** 0.5)  # p_g, one row per glimpse
@@ -251,7 +246,7 @@ class MFHCoAttention(nn.Module):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is unknown; expected one of {FUSIONS}")
-        glimpses = _check_positive_int("glimpses", glimpses)
+        glimpses = check_positive_int("glimpses", glimpses)
         self.question_encoder = QuestionEncoder(vocab_size, width, pad_id)
         self.region_projection = nn.Sequential(nn.Linear(feature_width, width), nn.GELU())
         self.word_scores = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, glimpses))

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import check_tensor, masked_mean
+from .encoders import check_positive_int, check_tensor, masked_mean
 from .fusion import mlp
 from .layers import MultiHeadAttention, TransformerEncoder, check_padding_mask
 
@@ -69,8 +69,8 @@ class CrossmodalBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, source_width: int | None = None, ff_width: int | None = None):
         super().__init__()
-        source_width = width if source_width is None else _check_positive_int("source_width", source_width)
-        ff_width = 4 * width if ff_width is None else _check_positive_int("ff_width", ff_width)
+        source_width = width if source_width is None else check_positive_int("source_width", source_width)
+        ff_width = 4 * width if ff_width is None else check_positive_int("ff_width", ff_width)
         self.target_norm = nn.LayerNorm(width)
         self.source_norm = nn.LayerNorm(source_width)
         self.attention = MultiHeadAttention(width, heads, context_width=source_width)
@@ -124,7 +124,7 @@ class MulT(nn.Module):
         super().__init__()
         for name, value in (("video_dim", video_dim), ("audio_dim", audio_dim), ("vocab_size", vocab_size),
                             ("width", width), ("depth", depth), ("num_classes", num_classes)):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         _check_kernel_size(kernel_size)
         self.targets = _check_targets(targets)
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
@@ -221,7 +221,7 @@ class ResampledEarlyFusion(nn.Module):
         super().__init__()
         for name, value in (("video_dim", video_dim), ("audio_dim", audio_dim), ("vocab_size", vocab_size),
                             ("width", width), ("num_classes", num_classes)):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if mode not in RESAMPLE_MODES:
             raise ValueError(f"mode={mode!r} is unknown; expected one of {RESAMPLE_MODES}")
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
@@ -322,7 +322,7 @@ def _check_targets(targets) -> tuple[str, ...]:
 
 
 def _check_kernel_size(kernel_size) -> None:
-    _check_positive_int("kernel_size", kernel_size)
+    check_positive_int("kernel_size", kernel_size)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd (the convolution keeps the length), got {kernel_size}")
 
@@ -332,11 +332,6 @@ def _check_depth(name: str, value) -> int:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return int(value)
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 __all__ = ["CrossmodalBlock", "MulT", "ResampledEarlyFusion", "resample", "sinusoidal_positions", "MODALITIES",

@@ -11,6 +11,8 @@ layout also expose it (`feature_map`, `tokens`) for attention, grounding and seg
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -27,6 +29,13 @@ def check_tensor(name: str, value, ndim: int, floating: bool | None = None) -> t
     if floating is False and value.is_floating_point():
         raise TypeError(f"{name} must be an integer tensor of token ids, got {value.dtype}")
     return value
+
+
+def check_positive_int(name: str, value) -> int:
+    """Refuse anything but a positive int (bools refused) and return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

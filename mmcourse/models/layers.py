@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import check_tensor
+from .encoders import check_positive_int, check_tensor
 
 IGNORE_INDEX = -100  # label of a position that the MLM loss skips (F.cross_entropy's default)
 
@@ -150,7 +150,7 @@ class TransformerEncoder(nn.Module):
                  eps: float = 1e-5, cross_attention: bool = False, context_width: int | None = None,
                  final_norm: bool = True, dropout: float = 0.0):
         super().__init__()
-        _check_positive_int("depth", depth)
+        check_positive_int("depth", depth)
         self.layers = nn.ModuleList(TransformerLayer(width, heads, mlp_width, norm_first, eps, cross_attention,
                                                      context_width, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=eps) if final_norm else nn.Identity()
@@ -177,7 +177,7 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, width: int, in_channels: int = 3):
         super().__init__()
-        _check_positive_int("patch_size", patch_size)
+        check_positive_int("patch_size", patch_size)
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
         self.projection = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
@@ -316,12 +316,8 @@ def check_padding_mask(name: str, mask, sequence: torch.Tensor) -> None:
 
 
 def _check_width_heads(width, heads) -> None:
-    _check_positive_int("width", width)
-    _check_positive_int("heads", heads)
+    check_positive_int("width", width)
+    check_positive_int("heads", heads)
     if width % heads:
         raise ValueError(f"width={width} must be a multiple of heads={heads}")
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")

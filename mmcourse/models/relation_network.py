@@ -27,23 +27,17 @@ tests check both agree). The remaining layers still see every one of the N^2 pai
 """
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import nn
 
 from ..world.sort_of_clevr import ANSWERS, VECTOR_DIM
-from .encoders import check_tensor
+from .encoders import check_positive_int, check_tensor
 
 NUM_ANSWERS = len(ANSWERS)  # 10
 COORDINATES = 2  # (x, y) appended to each cell's features
 POOLS = ("sum", "mean")  # how the pairs' relations are aggregated
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def mlp(sizes: list[int], final_activation: bool = False, dropout: float = 0.0) -> nn.Sequential:
@@ -125,7 +119,7 @@ class RelationModule(nn.Module):
         self.pool = pool
         for name, value in dict(object_dim=object_dim, question_dim=question_dim, num_answers=num_answers,
                                 hidden=hidden, g_layers=g_layers, f_layers=f_layers).items():
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         self.object_dim, self.question_dim = object_dim, question_dim
         # g_theta's first layer reads [o_i; o_j; q] (2 * object_dim + question_dim inputs).
         self.g_first = nn.Linear(2 * object_dim + question_dim, hidden)
@@ -168,8 +162,8 @@ class RelationNetwork(nn.Module):
                  g_layers: int = 4, f_layers: int = 3, question_dim: int = VECTOR_DIM,
                  num_answers: int = NUM_ANSWERS, dropout: float = 0.0, pool: str = "sum"):
         super().__init__()
-        self.image_size = _check_positive_int("image_size", image_size)
-        self.cnn = conv_stack(_check_positive_int("channels", channels), _check_positive_int("conv_layers", conv_layers))
+        self.image_size = check_positive_int("image_size", image_size)
+        self.cnn = conv_stack(check_positive_int("channels", channels), check_positive_int("conv_layers", conv_layers))
         self.relation = RelationModule(channels + COORDINATES, question_dim, num_answers, hidden, g_layers,
                                        f_layers, dropout, pool)
         self.channels, self.conv_layers, self.question_dim = channels, conv_layers, question_dim
@@ -208,10 +202,10 @@ class CnnMlp(nn.Module):
                  layers: int = 3, question_dim: int = VECTOR_DIM, num_answers: int = NUM_ANSWERS,
                  dropout: float = 0.0):
         super().__init__()
-        self.image_size = _check_positive_int("image_size", image_size)
-        self.cnn = conv_stack(_check_positive_int("channels", channels), _check_positive_int("conv_layers", conv_layers))
+        self.image_size = check_positive_int("image_size", image_size)
+        self.cnn = conv_stack(check_positive_int("channels", channels), check_positive_int("conv_layers", conv_layers))
         flat = channels * feature_side(image_size, conv_layers) ** 2
-        self.mlp = mlp([flat + question_dim] + [_check_positive_int("hidden", hidden)] * _check_positive_int(
+        self.mlp = mlp([flat + question_dim] + [check_positive_int("hidden", hidden)] * check_positive_int(
             "layers", layers) + [num_answers], dropout=dropout)
         self.question_dim = question_dim
 

@@ -14,13 +14,11 @@ question reaches it.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import QuestionEncoder, check_tensor
+from .encoders import QuestionEncoder, check_positive_int, check_tensor
 from .layers import attention_pool, masked_softmax
 
 
@@ -59,11 +57,6 @@ def check_vqa_inputs(question: torch.Tensor, grid: torch.Tensor | None = None, r
     if not objects.any(1).all():
         raise ValueError("objects marks no object in some row; every scene holds at least one object")
 
-
-def _check_hops(hops) -> None:
-    """Refuse a number of attention hops that is not a positive int."""
-    if isinstance(hops, bool) or not isinstance(hops, numbers.Integral) or hops < 1:
-        raise ValueError(f"hops must be a positive int (the number of attention layers), got {hops!r}")
 
 
 class GatedTanh(nn.Module):
@@ -188,7 +181,7 @@ class StackedAttention(nn.Module):
     def __init__(self, vocab_size: int, num_answers: int, feature_width: int, width: int = 64, hops: int = 2,
                  attention_width: int | None = None, pad_id: int = 0):
         super().__init__()
-        _check_hops(hops)
+        check_positive_int("hops", hops)
         self.question_encoder = QuestionEncoder(vocab_size, width, pad_id)
         self.grid_features = GridFeatures(feature_width, width)
         self.image_projection = nn.Sequential(nn.Linear(width, width), nn.Tanh())  # v_I = tanh(W_I f_I + b_I)
