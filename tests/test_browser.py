@@ -226,8 +226,36 @@ def use_03_widgets(lab: Lab, widget, shot) -> list[str]:
     return done
 
 
+def use_04_widgets(lab: Lab, widget, shot) -> list[str]:
+    """The question box (a word the parser cannot read, then a question it can) and the scene seed."""
+    (answers,) = outputs_of(widget)[:1]
+    answered = lambda output: has_figure(output) and "the world" in output.text  # noqa: E731
+    done = []
+    if not answered(answers):
+        done.append("PROBLEM: after Run All the answers are not shown (nothing drawn until a control changes)")
+
+    before = answers.get_attribute("innerHTML")
+    type_into(control(widget, "question", "input"), "what colour is the big ball?")
+    lab.html_changes(answers, before, INTERACTION_TIMEOUT_S, "type an unreadable question",
+                     ready=lambda output: "cannot read" in output.text)
+    assert "at word 2 ('colour')" in answers.text, f"the parser's complaint is missing: {answers.text!r}"
+    shot("after_unreadable")
+    done.append("typed 'what colour is the big ball?': the parser named the word it cannot read")
+
+    for label, text, step in (("question", "how many things are left of the large circle?", "after_question"),
+                              ("scene seed", "9", "after_seed")):
+        before = answers.get_attribute("innerHTML")
+        type_into(control(widget, label, "input"), text)
+        lab.html_changes(answers, before, INTERACTION_TIMEOUT_S, f"type {text!r} into {label}", ready=answered)
+        assert_shows_figure(answers, f"answers after {step}")
+        shot(step)
+    done.append("typed a counting question: modules, hops and every model's answer drawn")
+    done.append("scene seed 56 -> 9 redrew the answers")
+    return done
+
+
 INTERACTIONS = {"01_challenges": use_01_widgets, "02_representation": use_02_widgets,
-                "03_alignment": use_03_widgets}
+                "03_alignment": use_03_widgets, "04_reasoning": use_04_widgets}
 
 
 # --- the test ----------------------------------------------------------------------------------------

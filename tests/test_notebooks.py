@@ -57,6 +57,14 @@ FLOORS: dict[str, dict[str, float]] = {
         "milnce_minus_nce_largest_lag": 0.0, "milnce_largest_lag_minus_chance": 0.05,
         "detector_attribute_accuracy": 0.45,
     },
+    # ci scale, measured 0.63 / +0.22 / +0.09 / +0.12 / 0.81 / 0.97: the module network and the attention
+    # models above the majority baselines, most of find's object decisions right, cloned layouts mostly the
+    # expert's. The relation network learns too little at ci (and at cpu) to be held to a floor.
+    "04_reasoning": {
+        "nmn_v1_minus_type_majority": 0.08, "cnn_lstm_minus_family_majority": 0.03,
+        "best_attention_minus_family_majority": 0.05, "find_decisions_right": 0.7,
+        "nmn_v2_cloned_all_exact_match": 0.5,
+    },
 }
 # Wall-clock budget of a ci-scale run on two cores, in seconds.
 BUDGET_S: dict[str, float] = {"01_challenges": 120.0}

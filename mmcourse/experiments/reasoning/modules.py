@@ -43,7 +43,7 @@ class NMNRecipe:
     @classmethod
     def for_scale(cls, scale: str) -> NMNRecipe:
         """Learning has a phase change: near 50-60% for ~2,000 steps, then find and relate snap into place."""
-        recipes = {"ci": cls(7, 64, 3e-3), "cpu": cls(6, 64, 3e-3), "gpu": cls(8, 128, 3e-3)}
+        recipes = {"ci": cls(8, 64, 3e-3), "cpu": cls(6, 64, 3e-3), "gpu": cls(8, 128, 3e-3)}
         if scale not in recipes:
             raise ValueError(f"scale={scale!r} is unknown; expected one of {tuple(recipes)}")
         return recipes[scale]
