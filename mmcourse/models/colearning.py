@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoders import check_tensor
+from .encoders import check_positive_int, check_tensor
 
 UNLABELLED = -1  # the label of an example nobody has labelled (yet)
 GIVEN, BY_VIEW_A, BY_VIEW_B = 0, 1, 2  # who labelled an example (`CoTraining.labelled_by`)
@@ -74,7 +74,7 @@ def co_training(fit_a: Learner, fit_b: Learner, labels, rounds: int, per_class: 
     as c, and view b does the same among those still unlabelled. Given labels never change.
     """
     pool = _check_pool(labels)
-    rounds, per_class = _check_positive("rounds", rounds), _check_positive("per_class", per_class)
+    rounds, per_class = check_positive_int("rounds", rounds), check_positive_int("per_class", per_class)
     labelled_by = np.where(pool == UNLABELLED, -1, GIVEN)
     labelled_round = np.where(pool == UNLABELLED, -1, 0)
     for step in range(1, rounds + 1):
@@ -102,11 +102,6 @@ def _most_confident(probs: np.ndarray, unlabelled: np.ndarray, per_class: int) -
 # Argument checks
 # --------------------------------------------------------------------------------------------
 
-
-def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_pool(labels) -> np.ndarray:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
-from .encoders import ConvImageEncoder, ConvSequenceEncoder, check_tensor, masked_mean
+from .encoders import ConvImageEncoder, ConvSequenceEncoder, check_positive_int, check_tensor, masked_mean
 
 DEFAULT_TEMPERATURE = 0.1
 
@@ -101,7 +101,7 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, width: int, stages: int = 3):
         super().__init__()
-        _check_positive_int("width", width)
+        check_positive_int("width", width)
         self.step_encoder = ConvImageEncoder(width, stages, in_channels=9)
         self.step_projection = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())
         self.temporal = nn.Sequential(nn.Conv1d(width, width, 3, padding=1), nn.GELU())
@@ -141,7 +141,7 @@ class MilNce(nn.Module):
     def __init__(self, video_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int,
                  tokenizer: Tokenizer | None = None):
         super().__init__()
-        _check_positive_int("embed_dim", embed_dim)
+        check_positive_int("embed_dim", embed_dim)
         for name, encoder in (("video_encoder", video_encoder), ("text_encoder", text_encoder)):
             if not isinstance(encoder, nn.Module) or not isinstance(getattr(encoder, "width", None), int):
                 raise TypeError(f"{name} must be an nn.Module with an int `width`, got {type(encoder).__name__}")
@@ -198,7 +198,7 @@ def milnce_training_loss(model: MilNce, batch: dict, temperature: float = DEFAUL
     _check_batch(batch)
     narrations, mask = batch["narrations"], batch["narration_mask"]  # (B, K, L), (B, K)
     if bag_size is not None:
-        _check_positive_int("bag_size", bag_size)
+        check_positive_int("bag_size", bag_size)
         narrations, mask = narrations[:, :bag_size], mask[:, :bag_size]
     video, text = model(batch["frames"], narrations, batch.get("frame_mask"))  # (B, D), (B, K, D)
     loss = milnce_loss(video, text, temperature, mask)
@@ -286,10 +286,6 @@ def _check_texts(texts) -> None:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 __all__ = ["DEFAULT_TEMPERATURE", "MilNce", "VideoEncoder", "milnce_loss", "milnce_training_loss", "nce_loss",

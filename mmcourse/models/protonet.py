@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import check_tensor
+from .encoders import check_positive_int, check_tensor
 
 DISTANCES = ("squared_euclidean", "euclidean", "cosine")
 EPSILON = 1e-12  # floor under a squared distance before its square root (the root's slope is infinite at 0)
@@ -128,7 +128,7 @@ class ProtoEncoder(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("width", width), ("image_size", image_size),
                             ("blocks", blocks)):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         most = min(blocks, int(math.log2(image_size)))
         pooled = most if pooled is None else pooled
         if isinstance(pooled, bool) or not isinstance(pooled, numbers.Integral) or not 0 <= pooled <= most:
@@ -158,11 +158,6 @@ class ProtoEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
 
 def _check_distance(distance) -> None:
     if distance not in DISTANCES:
@@ -170,7 +165,7 @@ def _check_distance(distance) -> None:
 
 
 def _check_support(support: torch.Tensor, n_way, n_support, name: str) -> None:
-    n_way, n_support = _check_positive_int("n_way", n_way), _check_positive_int("n_support", n_support)
+    n_way, n_support = check_positive_int("n_way", n_way), check_positive_int("n_support", n_support)
     if not isinstance(support, torch.Tensor) or support.dim() < 2:
         raise ValueError(f"{name} must be a tensor with a leading dimension of n_way * n_support, "
                          f"got {tuple(getattr(support, 'shape', ())) or type(support).__name__}")

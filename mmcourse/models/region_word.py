@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
-from .encoders import ConvSequenceEncoder, RegionEncoder, check_tensor
+from .encoders import ConvSequenceEncoder, RegionEncoder, check_positive_int, check_tensor
 
 MARGIN = 1.0  # eq. 9's margin
 OBJECTIVES = ("ranking", "contrastive")
@@ -132,8 +132,8 @@ class RegionWordAligner(nn.Module):
     def __init__(self, width: int = 32, dim: int = 32, context: int = 5, roi_size: int = 3, stages: int = 1,
                  max_length: int = 48, tokenizer: Tokenizer | None = None):
         super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("max_length", max_length)
+        check_positive_int("dim", dim)
+        check_positive_int("max_length", max_length)
         if isinstance(context, bool) or not isinstance(context, numbers.Integral) or context < 1 or context % 2 == 0:
             raise ValueError(f"context must be an odd positive int (the convolution's kernel size), got {context!r}")
         tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
@@ -290,10 +290,6 @@ def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 __all__ = ["RegionWordAligner", "contrastive_loss", "image_sentence_scores", "mean_best_region", "ranking_loss",

@@ -54,14 +54,13 @@ object a word names for 0.31 of the words (chance 0.26), Karpathy & Fei-Fei's sc
 """
 from __future__ import annotations
 
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..world.language import Tokenizer, default_tokenizer
-from .encoders import RegionEncoder, check_tensor, masked_mean
+from .encoders import RegionEncoder, check_positive_int, check_tensor, masked_mean
 from .layers import TransformerLayer, balanced_class_weights, mask_tokens, mismatched_partners, mlm_loss, stack_padded
 from .region_word import region_mask_of
 from .visualbert import BERT_EPS, MaskedLanguageModelHead, init_bert_weights, special_ids
@@ -129,7 +128,7 @@ class ViLBERT(nn.Module):
                  tokenizer: Tokenizer | None = None):
         super().__init__()
         for name, value in (("depth", depth), ("max_length", max_length)):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
         self.token = nn.Embedding(self.tokenizer.vocab_size, width, padding_idx=self.tokenizer.pad_id)
         self.position = nn.Embedding(max_length, width)
@@ -271,10 +270,6 @@ def _check_image_inputs(images, boxes, region_mask) -> None:
     if tuple(region_mask.shape) != tuple(boxes.shape[:2]):
         raise ValueError(f"region_mask has shape {tuple(region_mask.shape)}; expected {tuple(boxes.shape[:2])}")
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 __all__ = ["CoAttentionLayer", "ImageTextMatchingHead", "ViLBERT", "vilbert_loss", "ATTENTION_LAYER"]
