@@ -20,9 +20,8 @@ from ...world.datasets import images_to_tensor
 from ...world.language import default_tokenizer
 from ...world.render import Rendered, render
 from ...world.scene import Scene
+from .programs import QUESTION_LENGTH
 from .vqa import model_inputs
-
-QUESTION_LENGTH = 24
 
 
 @dataclass

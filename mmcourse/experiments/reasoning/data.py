@@ -17,11 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from ...world import programs
-from ...world.datasets import QuestionDataset, collate
+from ...world.datasets import QuestionDataset
 from ...world.scene import check_seed
 
 TEST_SEED_OFFSET = 1_000  # test scenes use seed + this, so no test scene is a training scene
@@ -79,12 +77,6 @@ def question_sets(recipe: ReasoningRecipe, seed: int, cogent: bool = False) -> Q
     return QuestionSets(make(recipe.train_scenes, seed, "cogent_a"),
                         make(recipe.test_scenes, seed + TEST_SEED_OFFSET, "cogent_a"),
                         make(recipe.test_scenes, seed + 2 * TEST_SEED_OFFSET, "cogent_b"))
-
-
-def question_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """Batches of a question dataset (question padding trimmed by `collate`); shuffled reproducibly from `seed`."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
 
 def families_of(dataset: QuestionDataset) -> np.ndarray:

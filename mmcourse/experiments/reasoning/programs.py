@@ -59,10 +59,15 @@ def layout_data(questions: Sequence[Question], vocabulary: LayoutVocabulary | No
     words by `default_tokenizer()`, layouts by `vocabulary` (default `LayoutVocabulary()`)."""
     if isinstance(questions, Question) or not isinstance(questions, Sequence):
         raise TypeError(f"questions must be a list of Question, got {type(questions).__name__}")
+    return _encode_pairs([q.text for q in questions], [q.program for q in questions], vocabulary,
+                         question_length, layout_length)
+
+
+def _encode_pairs(texts: Sequence[str], programs: Sequence[Sequence[dict]], vocabulary: LayoutVocabulary | None,
+                  question_length: int, layout_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     vocabulary = vocabulary if vocabulary is not None else LayoutVocabulary()
-    words = torch.from_numpy(default_tokenizer().encode_batch([q.text for q in questions], question_length))
-    layouts = vocabulary.encode([layout_tokens(q.program) for q in questions], layout_length)
-    return words, layouts
+    words = torch.from_numpy(default_tokenizer().encode_batch(list(texts), question_length))
+    return words, vocabulary.encode([layout_tokens(program) for program in programs], layout_length)
 
 
 def new_generator(width: int = 64, seed: int = 0) -> ProgramGenerator:
@@ -220,10 +225,8 @@ def _share(hits: list[bool]) -> float:
 
 def dataset_layouts(dataset: QuestionDataset, vocabulary: LayoutVocabulary | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(question ids (N, QUESTION_LENGTH), expert layout ids (N, LAYOUT_LENGTH)) of every question of `dataset`."""
-    vocabulary = vocabulary if vocabulary is not None else LayoutVocabulary()
-    words = torch.from_numpy(default_tokenizer().encode_batch(dataset.texts, QUESTION_LENGTH))
-    layouts = vocabulary.encode([layout_tokens(dataset.program(j)) for j in range(len(dataset))], LAYOUT_LENGTH)
-    return words, layouts
+    return _encode_pairs(dataset.texts, [dataset.program(j) for j in range(len(dataset))], vocabulary,
+                         QUESTION_LENGTH, LAYOUT_LENGTH)
 
 
 @torch.no_grad()
