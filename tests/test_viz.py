@@ -273,3 +273,13 @@ def test_word_weights_draw_one_bar_per_word():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["what", "color", "?"]
     with pytest.raises(ValueError, match="one weight per word"):
         word_weights(["a"], np.ones(2))
+
+
+def test_markdown_table_formats_floats_and_refuses_ragged_rows():
+    from mmcourse.viz import markdown_table
+
+    table = markdown_table(["model", "accuracy", "runs"], [["ProtoNet", 0.97654, 3], ["pixels", 0.9, 1]], digits=2)
+    assert table.splitlines() == ["| model | accuracy | runs |", "| --- | --- | --- |",
+                                  "| ProtoNet | 0.98 | 3 |", "| pixels | 0.90 | 1 |"]
+    with pytest.raises(ValueError, match=r"rows\[1\] has 2 cells; expected 3"):
+        markdown_table(["a", "b", "c"], [[1, 2, 3], [1, 2]])
