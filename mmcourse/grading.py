@@ -47,7 +47,7 @@ from pathlib import Path
 
 import nbformat
 
-from .exercises import alignment, challenges, reasoning, representation
+from .exercises import alignment, challenges, few_shot, reasoning, representation
 from .exercises.check import CheckResult, Exercise, Trial, encode
 from .paths import CACHE_ENV, RESULTS_ENV
 from .world.scene import check_count
@@ -57,7 +57,7 @@ CHECK_CALL = re.compile(r"(?<!def )\bcheck_\w+\s*\(")  # a call, not a definitio
 _SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(\n|$)", re.M | re.S)
 
 EXERCISES: dict[str, Exercise] = {**challenges.EXERCISES, **representation.EXERCISES, **alignment.EXERCISES,
-                                  **reasoning.EXERCISES}
+                                  **reasoning.EXERCISES, **few_shot.EXERCISES}
 IMPLEMENTATION = ("mmcourse.models", "mmcourse.exercises", "mmcourse.metrics", "mmcourse.experiments",
                   "mmcourse.grading")  # where the references live
 GRADER_CELL = "mmcourse_grader"  # metadata key of the grader's cells: the check they answer

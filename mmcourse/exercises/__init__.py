@@ -21,15 +21,18 @@ gradients; `check_value` checks a single answer such as a parameter count. Both 
 hint; they never show the learner a traceback. Autograders pass `raise_on_fail=True` to get an
 `ExerciseFailed` (an AssertionError) instead.
 """
-from . import alignment, challenges, reasoning, representation
+from . import alignment, challenges, few_shot, reasoning, representation
 from .alignment import (check_cross_attention, check_distillation_targets, check_hard_negative_sampling,
                         check_milnce_loss)
 from .challenges import check_late_fusion, check_lmf_parameter_count, check_tensor_fusion
 from .check import CheckResult, ExerciseFailed, check_value, compare, report
+from .few_shot import (check_confident_labels, check_episode_sampler, check_exam_clip_loss, check_exam_cross_attention,
+                       check_exam_modality_gap, check_exam_protonet_prediction, check_exam_xor_fusion,
+                       check_exam_zero_shot, check_prototypes, check_squared_distances)
 from .reasoning import check_bilinear_attention, check_reinforce_loss, check_relate, check_san_hop
 from .representation import check_clip_loss, check_hinge_rank_loss, check_recall_at_k, check_zero_shot_classifier
 
 # One module of checks per notebook; every check_<name> is reachable as mmcourse.exercises.check_<name>.
 __all__ = ["CheckResult", "ExerciseFailed", "check_value", "compare", "report",
            *challenges.__all__, *representation.__all__, *alignment.__all__,
-           *reasoning.__all__]
+           *reasoning.__all__, *few_shot.__all__]

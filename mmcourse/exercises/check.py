@@ -250,6 +250,11 @@ def encode(value) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def random_sizes(gen: torch.Generator, count: int, low: int = 2, high: int = 6) -> list[int]:
+    """`count` random ints in [low, high] from `gen`: the sizes of a trial's random inputs."""
+    return [int(v) for v in torch.randint(low, high + 1, (count,), generator=gen)]
+
+
 def not_implemented(name: str, hint: str = HINT_NOT_IMPLEMENTED) -> CheckResult:
     """The verdict on an answer that still raises `NotImplementedError`."""
     return CheckResult(False, f"{name} is not implemented yet.", hint)

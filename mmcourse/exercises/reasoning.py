@@ -19,7 +19,7 @@ from ..models.layers import masked_softmax
 from ..models.nmn import relate
 from ..models.program_generator import reinforce_loss
 from ..models.vqa import SanHop, san_hop
-from .check import CheckResult, Comparison
+from .check import CheckResult, Comparison, random_sizes
 
 __all__ = ["check_bilinear_attention", "check_reinforce_loss", "check_relate", "check_san_hop"]
 
@@ -34,10 +34,6 @@ HINT_RELATE = ("Zero relation[b, i, j] where i == j or object j is padding (mask
                "attention[b, i] relation[b, i, j]: torch.einsum('bi,bij->bj', ...).")
 HINT_REINFORCE = ("loss = -((rewards - baseline) * log_probs).mean(): minimising it raises the log-probability "
                   "of programs whose reward beats the baseline.")
-
-
-def _sizes(gen: torch.Generator, count: int, low: int = 2, high: int = 6) -> list[int]:
-    return [int(v) for v in torch.randint(low, high + 1, (count,), generator=gen)]
 
 
 def _padding(gen: torch.Generator, batch: int, length: int) -> torch.Tensor:
@@ -89,7 +85,7 @@ SAN_HOP_MISTAKES: dict[str, Callable] = {
 
 
 def _san_hop_inputs(gen: torch.Generator) -> tuple:
-    batch, cells, width, attention_width = _sizes(gen, 4)
+    batch, cells, width, attention_width = random_sizes(gen, 4)
     return (torch.randn(batch, cells, width, generator=gen).requires_grad_(),
             torch.randn(batch, width, generator=gen).requires_grad_(),
             torch.randn(attention_width, width, generator=gen).requires_grad_(),
@@ -169,7 +165,7 @@ BILINEAR_MISTAKES: dict[str, Callable] = {
 
 
 def _bilinear_inputs(gen: torch.Generator) -> tuple:
-    batch, count, length, object_width, word_width, hidden = _sizes(gen, 6)
+    batch, count, length, object_width, word_width, hidden = random_sizes(gen, 6)
     return (torch.randn(batch, count, object_width, generator=gen).requires_grad_(),
             torch.randn(batch, length, word_width, generator=gen).requires_grad_(),
             torch.randn(object_width, hidden, generator=gen).requires_grad_(),
@@ -221,7 +217,7 @@ RELATE_MISTAKES: dict[str, Callable] = {
 
 
 def _relate_inputs(gen: torch.Generator) -> tuple:
-    batch, count = _sizes(gen, 2, 2, 6)
+    batch, count = random_sizes(gen, 2, 2, 6)
     count += 1  # at least three slots: two objects and padding in row 0
     objects = ~_padding(gen, batch, count)
     objects[:, :2] = True  # every row has two objects at least, so relations exist
@@ -267,7 +263,7 @@ REINFORCE_MISTAKES: dict[str, Callable] = {
 
 
 def _reinforce_inputs(gen: torch.Generator) -> tuple:
-    batch = _sizes(gen, 1, 3, 8)[0]
+    batch = random_sizes(gen, 1, 3, 8)[0]
     log_probs = (-5 * torch.rand(batch, generator=gen)).requires_grad_()  # log p(program) < 0
     rewards = torch.randint(0, 2, (batch,), generator=gen).float()  # 1 when the program's answer is right
     rewards[:2] = torch.tensor([0.0, 1.0])  # both outcomes in every batch

@@ -82,20 +82,30 @@ def co_training(fit_a: Learner, fit_b: Learner, labels, rounds: int, per_class: 
         probabilities = [fit(known, pool[known]) for fit in (fit_a, fit_b)]  # both trained on the same pool
         for view, probs in zip((BY_VIEW_A, BY_VIEW_B), probabilities):
             probs = _check_probabilities(probs, len(pool), "fit_a" if view == BY_VIEW_A else "fit_b")
-            for index, label in _most_confident(probs, pool == UNLABELLED, per_class):
-                pool[index], labelled_by[index], labelled_round[index] = label, view, step
+            picked = confident_labels(probs, pool == UNLABELLED, per_class)  # (N,) UNLABELLED where not picked
+            new = picked != UNLABELLED
+            pool[new], labelled_by[new], labelled_round[new] = picked[new], view, step
     return CoTraining(pool, labelled_by, labelled_round)
 
 
-def _most_confident(probs: np.ndarray, unlabelled: np.ndarray, per_class: int) -> list[tuple[int, int]]:
-    """(index, class) of the `per_class` unlabelled examples predicted as each class with the highest probability."""
+def confident_labels(probs, unlabelled, per_class: int) -> np.ndarray:
+    """One view's step of co-training: (N,) int64 labels, `UNLABELLED` except where it labels.
+
+    For every class c, the `per_class` examples among the `unlabelled` (N,) bool ones that the
+    view predicts as c (argmax of `probs` (N, C)) with the highest probability of c get label c;
+    fewer when fewer are predicted as c.
+    """
+    probs, unlabelled = np.asarray(probs), np.asarray(unlabelled, dtype=bool)
+    if probs.ndim != 2 or unlabelled.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be (N, C) and unlabelled (N,), got shapes {probs.shape} and {unlabelled.shape}")
+    per_class = check_positive_int("per_class", per_class)
     predicted = probs.argmax(1)  # (N,)
-    picks = []
+    picked = np.full(len(probs), UNLABELLED, dtype=np.int64)  # (N,)
     for label in range(probs.shape[1]):
-        candidates = np.flatnonzero(unlabelled & (predicted == label))
-        best = candidates[np.argsort(-probs[candidates, label], kind="stable")[:per_class]]
-        picks += [(int(index), label) for index in best]
-    return picks
+        candidates = np.flatnonzero(unlabelled & (predicted == label))  # unlabelled, predicted as this class
+        best = candidates[np.argsort(-probs[candidates, label], kind="stable")[:per_class]]  # most confident first
+        picked[best] = label
+    return picked
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,4 +143,5 @@ def _check_logits(student_logits, teacher_logits, temperature) -> None:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
 
 
-__all__ = ["BY_VIEW_A", "BY_VIEW_B", "CoTraining", "GIVEN", "UNLABELLED", "co_training", "distillation_loss"]
+__all__ = ["BY_VIEW_A", "BY_VIEW_B", "CoTraining", "GIVEN", "UNLABELLED", "co_training", "confident_labels",
+           "distillation_loss"]
