@@ -16,18 +16,21 @@ from mmcourse.models.protonet import ProtoNet
 
 @pytest.fixture(scope="module")
 def digits():
-    return fs.rotated_digits()
+    return fs.digit_scans()
 
 
-def test_rotated_digits_hold_four_turns_of_every_scan(digits):
+def test_digit_scans_hold_four_turns_of_every_scan_as_it_is_and_mirrored(digits):
     images, labels = digits
-    assert images.shape == (4 * 1797, 1, 8, 8) and labels.shape == (4 * 1797,)
-    assert 0.0 <= float(images.min()) and float(images.max()) == 1.0
     n = 1797
+    assert images.shape == (8 * n, 1, 8, 8) and labels.shape == (8 * n,)
+    assert 0.0 <= float(images.min()) and float(images.max()) == 1.0
     torch.testing.assert_close(images[n + 5], torch.rot90(images[5], 1, dims=(1, 2)))
-    assert int(labels[2 * n + 5]) == int(labels[5]) + 2
-    assert len(torch.unique(labels)) == 40
+    torch.testing.assert_close(images[4 * n + 5], torch.flip(images[5], dims=(2,)))  # mirrored, not turned
+    torch.testing.assert_close(images[6 * n + 5], torch.rot90(torch.flip(images[5], dims=(2,)), 2, dims=(1, 2)))
+    assert int(labels[2 * n + 5]) == int(labels[5]) + 2 and int(labels[6 * n + 5]) == int(labels[5]) + 42
+    assert len(torch.unique(labels)) == 80
     assert fs.class_id(6, 2) == 26 and fs.class_name(26) == "6 @ 180°"
+    assert fs.class_id(2, 1, mirrored=True) == 49 and fs.class_name(49) == "2 @ 90° mirrored"
     with pytest.raises(ValueError, match="expected a digit 0-9"):
         fs.class_id(6, 4)
 
@@ -35,13 +38,17 @@ def test_rotated_digits_hold_four_turns_of_every_scan(digits):
 def test_split_keeps_test_digits_out_of_training():
     recipe = fs.PROTO_RECIPES["ci"]
     train = fs.train_classes(recipe)
-    assert len(train) == 20 and len(fs.train_classes(replace(recipe, rotate=False))) == 5
+    assert len(train) == 20 + 4 * len(fs.MIRROR_DIGITS) == 28
+    assert len(fs.train_classes(replace(recipe, rotate=False, mirror=()))) == 5
+    digit_of = lambda c: (c % fs.MIRRORED) // fs.TURNS  # noqa: E731
     for n_way in (5, 10):
         test = fs.test_classes(n_way)
         assert len(test) == n_way
-        assert not {c // fs.TURNS for c in test} & {c // fs.TURNS for c in train}  # no digit on both sides
+        assert not {digit_of(c) for c in test} & {digit_of(c) for c in train}  # no digit on both sides
     with pytest.raises(ValueError, match="n_way=3"):
         fs.test_classes(3)
+    with pytest.raises(ValueError, match="only training digits"):
+        fs.train_classes(replace(recipe, mirror=(5,)))
 
 
 def test_training_episodes_never_show_a_test_class_nor_repeat_an_image(digits):
@@ -51,7 +58,7 @@ def test_training_episodes_never_show_a_test_class_nor_repeat_an_image(digits):
     for episode in episodes:
         rows = torch.cat([episode["support_index"], episode["query_index"]])
         assert len(set(rows.tolist())) == len(rows) == 10 * 7  # no image twice
-        assert not {int(label) // fs.TURNS for label in labels[rows]} & test_digits
+        assert not {int(label) % fs.MIRRORED // fs.TURNS for label in labels[rows]} & test_digits
         assert len(set(episode["classes"].tolist())) == 10
         # class-major: support and queries of position c are of class classes[c]
         support_classes = labels[episode["support_index"]].reshape(10, 3)
@@ -143,26 +150,47 @@ def test_few_shot_scores_follow_their_definitions():
     features, labels, centres = toy_features()
     support = torch.cat([features[labels == c][:2] for c in range(3)])  # class-major, 2 shots
     query = features[labels == 0][2:5]
-    scores = fs.few_shot_scores(support, query, centres, 2, text_weight=1.0)
+    recipe = replace(fs.CROSSOVER_RECIPES["ci"], text_weight=1.0)
+    scores = fs.few_shot_scores(support, query, centres, 2, recipe, logit_scale=10.0)
     assert set(scores) == set(fs.METHODS) and all(s.shape == (3, 3) for s in scores.values())
     torch.testing.assert_close(scores["zero-shot"], query @ centres.T)
     combined = F.normalize(centres + support.reshape(3, 2, -1).sum(1), dim=1)
     torch.testing.assert_close(scores["text + shots"], query @ combined.T)
-    pure_text = fs.few_shot_scores(support, query, centres, 2, text_weight=1e6)["text + shots"]
+    pure_text = fs.few_shot_scores(support, query, centres, 2, replace(recipe, text_weight=1e6), 10.0)["text + shots"]
     assert torch.equal(pure_text.argmax(1), scores["zero-shot"].argmax(1))
+
+
+def test_text_prior_probe_moves_from_the_prompts_to_the_shots():
+    """A stiff prior keeps the zero-shot classifier, a loose one fits the shots, and the solution is
+    the optimum of the MAP objective (its gradient vanishes)."""
+    features, labels, centres = toy_features(noise=0.5)
+    support = torch.cat([features[labels == c][:4] for c in range(3)])
+    support_labels = torch.arange(3).repeat_interleave(4)
+    stiff = fs.text_prior_probe(support, support_labels, centres, 10.0, prior_weight=1e6)
+    torch.testing.assert_close(stiff, centres, atol=1e-4, rtol=1e-4)
+    wrong_text = centres.roll(1, dims=0)  # every class named as its neighbour: zero-shot is always wrong
+    loose = fs.text_prior_probe(support, support_labels, wrong_text, 10.0, prior_weight=1e-3)
+    assert ((support @ loose.T).argmax(1) == support_labels).all()  # the shots win over a wrong prior
+    weights = fs.text_prior_probe(support, support_labels, centres, 10.0, prior_weight=1.0).requires_grad_()
+    objective = (F.cross_entropy(10.0 * support @ weights.T, support_labels, reduction="sum")
+                 + 0.5 * (weights - centres).pow(2).sum())
+    objective.backward()
+    assert weights.grad.abs().max() < 1e-3
 
 
 def test_shot_curves_with_a_perfect_and_a_blind_text():
     features, labels, centres = toy_features(noise=0.8)
-    curves = fs.shot_curves(features, labels, centres, (1, 4, 16), queries=10, draws=5, text_weight=2.0)
+    recipe = replace(fs.CROSSOVER_RECIPES["ci"], shots=(1, 4, 16), queries=10, draws=5, text_weight=2.0)
+    held = {"features": features, "labels": labels, "text": centres, "logit_scale": torch.tensor(10.0)}
+    curves = fs.shot_curves(held, recipe)
     assert set(curves) == set(fs.METHODS) and all(len(v) == 3 for v in curves.values())
     assert len(set(curves["zero-shot"])) == 1  # the shots do not change it
     assert curves["prototypes"][-1] > curves["prototypes"][0]  # more shots help
-    blind = fs.shot_curves(features, labels, torch.zeros(3, 8) + F.normalize(torch.ones(1, 8)), (1, 4, 16), 10, 5, 2.0)
+    blind = fs.shot_curves(dict(held, text=torch.zeros(3, 8) + F.normalize(torch.ones(1, 8))), recipe)
     assert blind["zero-shot"][0] == pytest.approx(1 / 3)  # every class text the same: the first class wins ties
     assert fs.crossover((1, 4, 16), blind["prototypes"], blind["zero-shot"]) == 1.0
     with pytest.raises(ValueError, match="need 36 images of each class"):
-        fs.shot_curves(features, labels, centres, (16,), queries=20, draws=1, text_weight=1.0)
+        fs.shot_curves(held, replace(recipe, shots=(16,), queries=20, draws=1))
 
 
 @pytest.mark.parametrize("scale", ["ci", "cpu", "gpu"])
@@ -209,3 +237,13 @@ def test_colearning_curves_run_end_to_end(one_torch_thread):
     curves = fs.colearning_curves(recipe, seed=0)
     assert set(curves) == {"image only", "co-training", "distillation", "caption teacher"}
     assert all(len(values) == 1 and 0.0 <= values[0] <= 1.0 for values in curves.values())
+
+
+def test_image_classifier_answers_in_eval_mode_what_it_learned(one_torch_thread):
+    """The world's near-white pictures once left the encoder's batch-norm estimates behind its
+    weights: right in train mode, one class for every picture in eval mode. The input batch norm
+    keeps both modes in step after a short training."""
+    recipe = replace(fs.COLEARNING_RECIPES["ci"], steps=150)
+    data, test = fs.colearning_data(600, 32, seed=0), fs.colearning_data(150, 32, seed=1)
+    model = fs.train_image_classifier(data["images"], data["labels"], recipe, 3, seed=0)
+    assert fs.image_accuracy(model, test["images"], test["labels"]) > 0.7

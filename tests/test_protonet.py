@@ -90,6 +90,18 @@ def test_proto_encoder_pools_an_8x8_digit_to_one_pixel():
         ProtoEncoder(1, 16, 8, pooled=4)
 
 
+def test_proto_encoder_drops_out_while_training_only():
+    encoder = ProtoEncoder(1, 16, 8, pooled=1, dropout=0.5)
+    images = torch.rand(4, 1, 8, 8)
+    encoder.train()
+    assert (encoder(images) == 0).float().mean() > 0.3  # about half the numbers zeroed (ReLU zeros add a few)
+    encoder.eval()
+    torch.testing.assert_close(encoder(images), encoder(images))  # deterministic at test time
+    assert (encoder(images) == 0).float().mean() < (encoder.train()(images) == 0).float().mean()
+    with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\), got 1.0"):
+        ProtoEncoder(1, 16, 8, dropout=1.0)
+
+
 def test_protonet_training_loss_is_the_nll_of_the_true_classes():
     model = ProtoNet(random_encoder(1))
     episode = {"support": torch.randn(6, 2, 4, 4), "query": torch.randn(4, 2, 4, 4), "n_way": 3, "n_support": 2,

@@ -6,7 +6,10 @@ Few-shot on real handwriting (Snell et al. 2017's protocol, on scikit-learn's 1,
   (`class_id`), as Snell et al. grew Omniglot's 1,200 training characters to 4,800 classes. Training
   classes come from `TRAIN_DIGITS` (0-4), test classes from `TEST_DIGITS` (5-9), whose digits the
   training episodes never show at any rotation. 6 and 9 are both test digits on purpose: a 6 turned
-  twice *is* a 9, so a split that trained on turned 6s would have shown the network 9s.
+  twice *is* a 9, so a split that trained on turned 6s would have shown the network 9s. The
+  training digits whose mirror image is no turn of themselves (`MIRROR_DIGITS`: 2 and 4; a 0, a 1
+  and a 3 mirrored are nearly themselves, turned or not) give more classes mirrored (ids from 40 on):
+  28 training classes from five digits.
 - 5-way tests use the five test digits upright. 10-way tests need ten unseen classes and there are
   only five unseen digits, so they add the test digits turned once (90 degrees): ten classes, none
   of them a near copy of another (a 9 turned once is a 6 turned three times, which is not used).
@@ -25,8 +28,9 @@ Zero-shot against few-shot (Radford et al. 2021 report the crossover for CLIP's 
 `train_world_clip` trains a small CLIP on world captions that never name the held-out colour-shape
 compositions of notebook 02; on images of those compositions `shot_curves` measures, against k
 shots per class, zero-shot from prompts, prototypes and a linear probe on the frozen image
-features, and prototypes that start from the text embedding (counted as `text_weight` shots);
-`crossover` reads where a few-shot curve reaches zero-shot.
+features, and two ways to use the prompts and the shots together: prototypes that start from the
+text embedding (counted as `text_weight` shots) and a probe whose prior is the zero-shot classifier
+(`text_prior_probe`); `crossover` reads where a few-shot curve reaches zero-shot.
 
 Co-learning (`colearning_curves`): shape classification of one-object world images from a few
 labels per class, with many image-caption pairs. The caption view is the rich one (a bag-of-words
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -58,8 +62,10 @@ from ..world.scene import check_count, check_seed, get_preset, sample_scenes, sc
 from . import representation as rep
 
 TURNS = 4  # rotations by 0, 90, 180 and 270 degrees
+MIRRORED = 10 * TURNS  # class ids of mirrored digits start after the 40 turned ones
 TRAIN_DIGITS = (0, 1, 2, 3, 4)
 TEST_DIGITS = (5, 6, 7, 8, 9)  # 6 and 9 together: a 6 turned twice is a 9
+MIRROR_DIGITS = (2, 4)  # training digits whose mirror image is no turn of themselves (0, 1 and 3 nearly are)
 Z_95 = 1.96  # a 95% confidence interval is the mean +- 1.96 standard errors
 
 
@@ -68,36 +74,41 @@ Z_95 = 1.96  # a 95% confidence interval is the mean +- 1.96 standard errors
 # --------------------------------------------------------------------------------------------
 
 
-def class_id(digit: int, turns: int) -> int:
-    """The class of `digit` turned `turns` quarter turns counter-clockwise: 4 * digit + turns."""
+def class_id(digit: int, turns: int, mirrored: bool = False) -> int:
+    """The class of `digit` turned `turns` quarter turns counter-clockwise, after a left-right mirror
+    when `mirrored`: 4 * digit + turns, plus 40 for a mirrored digit."""
     digit, turns = check_count("digit", digit), check_count("turns", turns)
-    if digit > 9 or turns >= TURNS:
-        raise ValueError(f"digit={digit}, turns={turns}; expected a digit 0-9 and 0-{TURNS - 1} quarter turns")
-    return TURNS * digit + turns
+    if digit > 9 or turns >= TURNS or not isinstance(mirrored, bool):
+        raise ValueError(f"digit={digit}, turns={turns}, mirrored={mirrored!r}; expected a digit 0-9, "
+                         f"0-{TURNS - 1} quarter turns and a bool")
+    return TURNS * digit + turns + MIRRORED * mirrored
 
 
 def class_name(label: int) -> str:
-    """'6 @ 90°' for the class of a 6 turned once."""
-    digit, turns = divmod(check_count("label", label), TURNS)
-    return f"{digit} @ {90 * turns}°"
+    """'6 @ 90°' for the class of a 6 turned once, '2 @ 0° mirrored' for a mirrored 2."""
+    mirrored, label = divmod(check_count("label", label), MIRRORED)
+    digit, turns = divmod(label, TURNS)
+    return f"{digit} @ {90 * turns}°" + (" mirrored" if mirrored else "")
 
 
-def digit_classes(digits: Sequence[int], turns: Sequence[int] = (0,)) -> list[int]:
+def digit_classes(digits: Sequence[int], turns: Sequence[int] = (0,), mirrored: bool = False) -> list[int]:
     """The class ids of every digit of `digits` at every rotation of `turns`, digit-major."""
-    return [class_id(digit, turn) for digit in digits for turn in turns]
+    return [class_id(digit, turn, mirrored) for digit in digits for turn in turns]
 
 
-def rotated_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's handwritten digits at four rotations: images (4 * 1797, 1, 8, 8) float in [0, 1]
-    and labels (4 * 1797,) int64 class ids (`class_id`). Rows t * 1797 + i hold scan i turned t times."""
+def digit_scans() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's handwritten digits at four rotations, as they are and mirrored: images
+    (8 * 1797, 1, 8, 8) float in [0, 1] and labels (8 * 1797,) int64 class ids (`class_id`). Rows
+    (4 * m + t) * 1797 + i hold scan i, mirrored when m = 1, then turned t times."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # (1797, 1, 8, 8), 16 = full ink
     digit = torch.from_numpy(digits.target).long()  # (1797,)
-    turned = torch.cat([torch.rot90(images, turn, dims=(2, 3)) for turn in range(TURNS)])  # (4 * 1797, 1, 8, 8)
-    labels = torch.cat([TURNS * digit + turn for turn in range(TURNS)])
-    return turned, labels
+    views = [(torch.flip(images, dims=(3,)) if mirrored else images, mirrored) for mirrored in (False, True)]
+    scans = torch.cat([torch.rot90(view, turn, dims=(2, 3)) for view, _ in views for turn in range(TURNS)])
+    labels = torch.cat([TURNS * digit + turn + MIRRORED * mirrored for _, mirrored in views for turn in range(TURNS)])
+    return scans, labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,23 +184,36 @@ class ProtoRecipe:
     train_shot: int = 5
     train_query: int = 5  # queries per class in a training episode
     rotate: bool = True  # train on the four rotations of the training digits (20 classes) or upright only (5)
+    mirror: tuple[int, ...] = MIRROR_DIGITS  # training digits whose mirror images are more classes (at every turn)
     width: int = 64
     pooled: int = 1  # encoder blocks that halve the map: 8x8 -> 4x4 embedding maps (see ProtoEncoder)
+    dropout: float = 0.2  # on the embedding, while training
     lr: float = 1e-3
     test_episodes: int = 600
     test_query: int = 15  # queries per class in a test episode
+    ablation_episodes: int = 300  # training episodes of each variant in the notebook's "what matters" table
+    ablation_width: int = 32  # and its encoder width: a cheaper network, the same for every variant
 
 
 PROTO_RECIPES = {
-    "ci": ProtoRecipe(train_episodes=150, train_way=10, width=32, test_episodes=100),
+    "ci": ProtoRecipe(train_episodes=400, width=32, test_episodes=100, ablation_episodes=100, ablation_width=16),
     "cpu": ProtoRecipe(),
-    "gpu": ProtoRecipe(train_episodes=10000, test_episodes=2000),
+    "gpu": ProtoRecipe(test_episodes=2000, ablation_episodes=2000, ablation_width=64),
 }
 
 
 def train_classes(recipe: ProtoRecipe) -> list[int]:
-    """The recipe's training classes: the training digits at four rotations, or upright only."""
-    return digit_classes(TRAIN_DIGITS, range(TURNS) if recipe.rotate else (0,))
+    """The recipe's training classes: the training digits at four rotations (or upright only), and
+    the digits of `recipe.mirror` mirrored, at the same rotations."""
+    if not set(recipe.mirror) <= set(TRAIN_DIGITS):
+        raise ValueError(f"recipe.mirror={recipe.mirror}; only training digits {TRAIN_DIGITS} may be mirrored")
+    turns = range(TURNS) if recipe.rotate else (0,)
+    return digit_classes(TRAIN_DIGITS, turns) + digit_classes(recipe.mirror, turns, mirrored=True)
+
+
+def ablation_recipe(recipe: ProtoRecipe, **changes) -> ProtoRecipe:
+    """The cheaper recipe of the "what matters" variants (`ablation_episodes`, `ablation_width`), with `changes`."""
+    return replace(recipe, train_episodes=recipe.ablation_episodes, width=recipe.ablation_width, **changes)
 
 
 def test_classes(n_way: int) -> list[int]:
@@ -209,7 +233,8 @@ def train_protonet(images: torch.Tensor, labels, recipe: ProtoRecipe, seed: int 
     way = recipe.train_way if train_way is None else train_way
     shot = recipe.train_shot if train_shot is None else train_shot
     torch.manual_seed(check_seed(seed))
-    model = ProtoNet(ProtoEncoder(images.shape[1], recipe.width, images.shape[-1], pooled=recipe.pooled), distance)
+    encoder = ProtoEncoder(images.shape[1], recipe.width, images.shape[-1], pooled=recipe.pooled, dropout=recipe.dropout)
+    model = ProtoNet(encoder, distance)
     episodes = Episodes(images, labels, train_classes(recipe), way, shot, recipe.train_query,
                         recipe.train_episodes, seed)
     step = max(1, recipe.train_episodes // 4)
@@ -314,6 +339,7 @@ class CrossoverRecipe:
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     draws: int = 50  # random support/query splits averaged per k
     text_weight: float = 4.0  # the text embedding counts as this many shots in a combined prototype
+    prior_weight: float = 1.0  # lambda of the probe's Gaussian prior around the zero-shot classifier
 
 
 CROSSOVER_RECIPES = {
@@ -322,7 +348,7 @@ CROSSOVER_RECIPES = {
     "gpu": CrossoverRecipe(scenes=20000, image_size=64, width=128, epochs=15, per_class=100, draws=200),
 }
 PROMPTS = ("a {}", "there is a {}", "the picture shows a {}")  # wordings of the training captions
-METHODS = ("zero-shot", "prototypes", "linear probe", "text + shots")
+METHODS = ("zero-shot", "prototypes", "linear probe", "text + shots", "probe with text prior")
 
 
 def train_world_clip(recipe: CrossoverRecipe, seed: int = 0, progress: bool = False) -> CLIP:
@@ -347,54 +373,90 @@ def train_world_clip(recipe: CrossoverRecipe, seed: int = 0, progress: bool = Fa
 def held_out_features(model: CLIP, recipe: CrossoverRecipe, seed: int = 0) -> dict[str, torch.Tensor]:
     """The frozen CLIP's view of the held-out compositions: "features" (6 * per_class, D) unit image
     embeddings of one-object scenes, "labels" their composition (index into HELD_OUT_COMPOSITIONS),
-    "text" (6, D) the zero-shot classifier's class embeddings from `PROMPTS`."""
+    "text" (6, D) the zero-shot classifier's class embeddings from `PROMPTS`, "logit_scale" CLIP's
+    learned inverse temperature (0-d)."""
     pairs = rep.HELD_OUT_COMPOSITIONS
     scenes = rep.single_object_scenes(len(pairs) * recipe.per_class, check_seed(seed) + 1, pairs)
     features = rep.encode_images(model, rep.render_images(scenes, recipe.image_size))  # (N, D)
     text = zero_shot_classifier(model, [rep.composition_name(pair) for pair in pairs], PROMPTS).T.float().cpu()
-    return {"features": features, "labels": torch.arange(len(scenes)) % len(pairs), "text": text}
+    return {"features": features, "labels": torch.arange(len(scenes)) % len(pairs), "text": text,
+            "logit_scale": model.logit_scale.detach().float().cpu()}
 
 
-def shot_curves(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, shots: Sequence[int],
-                queries: int, draws: int, text_weight: float, seed: int = 0) -> dict[str, list[float]]:
-    """Accuracy against k shots per class of each method of `METHODS`, mean over `draws` splits.
+def shot_curves(held: dict[str, torch.Tensor], recipe: CrossoverRecipe, seed: int = 0) -> dict[str, list[float]]:
+    """Accuracy against k shots per class (`recipe.shots`) of each method of `METHODS` on the frozen
+    features of `held_out_features`, mean over `recipe.draws` splits.
 
-    A draw takes `queries` query images of every class and, from the rest, the first k of a shuffled
-    support pool for every k (so a larger support set contains the smaller). On the same queries:
-    "zero-shot" picks the most similar class text (it ignores the shots), "prototypes" the nearest
-    class mean of the shots (squared Euclidean), "linear probe" a logistic regression fitted on the
-    shots, "text + shots" the most cosine-similar of the prototypes w * text + sum of shots (the text
-    embedding counting as w = `text_weight` shots).
+    A draw takes `recipe.queries` query images of every class and, from the rest, the first k of a
+    shuffled support pool for every k (so a larger support set contains the smaller); every method
+    answers the same queries (`few_shot_scores`).
     """
-    labels = torch.as_tensor(labels).long()
-    n_way, per_class = len(text), int(torch.bincount(labels).min())
-    if max(shots) + queries > per_class:
-        raise ValueError(f"shots up to {max(shots)} plus {queries} queries need {max(shots) + queries} images of "
-                         f"each class; the smallest class has {per_class}")
+    features, labels, text = held["features"], torch.as_tensor(held["labels"]).long(), held["text"]
+    n_way, per_class, shots = len(text), int(torch.bincount(labels).min()), recipe.shots
+    if max(shots) + recipe.queries > per_class:
+        raise ValueError(f"shots up to {max(shots)} plus {recipe.queries} queries need {max(shots) + recipe.queries} "
+                         f"images of each class; the smallest class has {per_class}")
     curves = {method: np.zeros(len(shots)) for method in METHODS}
-    for draw in range(check_count("draws", draws, 1)):
+    for draw in range(check_count("draws", recipe.draws, 1)):
         rng = scene_rng(check_seed(seed), draw, "shots")
         order = [rng.permutation(np.flatnonzero(labels.numpy() == c)) for c in range(n_way)]
-        query = torch.from_numpy(np.concatenate([items[:queries] for items in order]))
+        query = torch.from_numpy(np.concatenate([items[:recipe.queries] for items in order]))
         targets = labels[query]
         for i, k in enumerate(shots):
-            support = torch.from_numpy(np.concatenate([items[queries:queries + k] for items in order]))  # class-major
-            scores = few_shot_scores(features[support], features[query], text, k, text_weight)
+            support = torch.from_numpy(np.concatenate([items[recipe.queries:recipe.queries + k]
+                                                       for items in order]))  # class-major
+            scores = few_shot_scores(features[support], features[query], text, k, recipe, float(held["logit_scale"]))
             for method in METHODS:
-                curves[method][i] += float((scores[method].argmax(1) == targets).float().mean()) / draws
+                curves[method][i] += float((scores[method].argmax(1) == targets).float().mean()) / recipe.draws
     return {method: values.tolist() for method, values in curves.items()}
 
 
 def few_shot_scores(support: torch.Tensor, query: torch.Tensor, text: torch.Tensor, n_support: int,
-                    text_weight: float) -> dict[str, torch.Tensor]:
+                    recipe: CrossoverRecipe, logit_scale: float) -> dict[str, torch.Tensor]:
     """(Q, n_way) class scores (higher = more likely) of every method of `METHODS` for one episode:
-    (n_way * n_support, D) class-major `support` features, (Q, D) `query`, (n_way, D) class `text`."""
+    (n_way * n_support, D) class-major `support` features, (Q, D) `query`, (n_way, D) class `text`.
+
+    "zero-shot" the cosine similarity to each class text (it ignores the shots); "prototypes" minus
+    the squared Euclidean distance to each class mean of the shots; "linear probe" a logistic
+    regression fitted on the shots (one-hot); "text + shots" the cosine similarity to prototypes
+    that start from the text embedding, w * text + sum of the shots (the text counting as w =
+    `recipe.text_weight` shots); "probe with text prior" the logits of `text_prior_probe`'s weights.
+    """
     n_way = len(text)
+    support_labels = torch.arange(n_way).repeat_interleave(n_support)  # class-major
     prototypes = class_prototypes(support, n_way, n_support)  # (n_way, D)
-    combined = F.normalize(text_weight * text + n_support * prototypes, dim=1)  # (n_way, D)
-    probe = fit_linear_probe(support, torch.arange(n_way).repeat_interleave(n_support), query)  # (Q,)
+    combined = F.normalize(recipe.text_weight * text + n_support * prototypes, dim=1)  # (n_way, D)
+    probe = fit_linear_probe(support, support_labels, query)  # (Q,)
     return {"zero-shot": query @ text.T, "prototypes": -pairwise_distances(query, prototypes),
-            "linear probe": F.one_hot(probe, n_way).float(), "text + shots": F.normalize(query, dim=1) @ combined.T}
+            "linear probe": F.one_hot(probe, n_way).float(), "text + shots": F.normalize(query, dim=1) @ combined.T,
+            "probe with text prior": logit_scale * query @ text_prior_probe(
+                support, support_labels, text, logit_scale, recipe.prior_weight).T}
+
+
+def text_prior_probe(support: torch.Tensor, support_labels: torch.Tensor, text: torch.Tensor, logit_scale: float,
+                     prior_weight: float) -> torch.Tensor:
+    """(n_way, D) weights W of a softmax regression on the shots (logits s * W f) that start at the
+    zero-shot classifier T = `text` and are pulled back to it, the maximum a posteriori
+    estimate under a Gaussian prior centred on T (s = CLIP's `logit_scale`, lambda = `prior_weight`):
+
+        W* = argmin_W  sum_i CE(s * W f_i, y_i)  +  lambda / 2 * ||W - T||^2
+
+    The data term is a sum, not a mean: every shot adds evidence, so with no shots W* = T (zero-shot)
+    and as the shots grow they outweigh the prior (a linear probe). Solved by L-BFGS from T.
+    """
+    weights = text.clone().requires_grad_()  # (n_way, D), starts at the zero-shot classifier
+    optimizer = torch.optim.LBFGS([weights], max_iter=100, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        data = F.cross_entropy(logit_scale * support @ weights.T, support_labels, reduction="sum")
+        loss = data + prior_weight / 2 * (weights - text).pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    return weights.detach()
 
 
 def crossover(shots: Sequence[int], few_shot: Sequence[float], zero_shot: Sequence[float] | float) -> float | None:
@@ -428,7 +490,7 @@ class CoLearningRecipe:
     pairs: int = 3000  # image-caption pairs; the labelled ones are among them
     test: int = 600  # test images
     image_size: int = 32
-    budgets: tuple[int, ...] = (1, 2, 4, 8)  # labels per class
+    budgets: tuple[int, ...] = (1, 4, 16, 64)  # labels per class
     width: int = 32
     steps: int = 300  # training steps of every image model, whatever its data
     batch_size: int = 64
@@ -439,7 +501,7 @@ class CoLearningRecipe:
 
 
 COLEARNING_RECIPES = {
-    "ci": CoLearningRecipe(pairs=900, test=300, budgets=(1, 4), steps=60, rounds=2, per_class=100),
+    "ci": CoLearningRecipe(pairs=900, test=300, budgets=(1, 4), steps=200, rounds=2, per_class=100),
     "cpu": CoLearningRecipe(),
     "gpu": CoLearningRecipe(pairs=20000, test=2000, image_size=64, width=64, steps=1500, rounds=5, per_class=1000),
 }
@@ -470,9 +532,13 @@ def caption_probabilities(words: torch.Tensor, indices, labels) -> np.ndarray:
 
 
 def image_classifier(recipe: CoLearningRecipe, num_classes: int, seed: int) -> nn.Module:
-    """The poor modality's model: a `ConvImageEncoder` and a linear layer, seeded."""
+    """The poor modality's model: a `ConvImageEncoder` and a linear layer, seeded, behind a batch norm
+    of the input. The world's one-object pictures are nearly all white (pixel mean about 0.93, deviation
+    about 0.08): unstandardised, the encoder's first batch norm sees statistics that drift as its
+    convolution learns, its running estimates lag, and the model in eval mode answers one class for
+    every picture for hundreds of steps (in train mode it is already right)."""
     torch.manual_seed(check_seed(seed))
-    return nn.Sequential(ConvImageEncoder(recipe.width), nn.Linear(recipe.width, num_classes))
+    return nn.Sequential(nn.BatchNorm2d(3), ConvImageEncoder(recipe.width), nn.Linear(recipe.width, num_classes))
 
 
 def train_image_classifier(images: torch.Tensor, targets: torch.Tensor, recipe: CoLearningRecipe, num_classes: int,

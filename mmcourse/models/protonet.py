@@ -26,7 +26,8 @@ with more classes per episode than at test helps.
   convolution (64 filters), batch norm, ReLU and 2x2 max pooling. On 28x28 Omniglot four poolings
   leave 1x1; an 8x8 digit halves at most three times, so by default only the last log2(8) = 3
   blocks pool there. `pooled` keeps more of the map: on the digits one pooling (a 4x4 map, 1,024
-  numbers with 64 filters) carries far better to unseen digits than a 1x1 map (64 numbers).
+  numbers with 64 filters) carries far better to unseen digits than a 1x1 map (64 numbers), and
+  `dropout` on the embedding keeps it from fitting the few training classes too closely.
 - `protonet_training_loss(model, episode)`: the negative log-probability of the true classes, for
   `mmcourse.train.fit` over episodes (dicts with "support", "query", "query_labels", "n_way",
   "n_support").
@@ -121,10 +122,12 @@ class ProtoEncoder(nn.Module):
     Each block is conv 3x3 (`width` filters, padding 1), batch norm, ReLU; the last `pooled` blocks
     end with 2x2 max pooling (default min(blocks, floor(log2 S)): the map shrinks to r = 1 pixel on
     an 8x8 or 28x28 image, 28 -> 14 -> 7 -> 3 -> 1), and the flattened map is the embedding.
+    `dropout` zeroes that fraction of the embedding's numbers while training (none at test time):
+    on the digits' few training classes it keeps the embedding from fitting them too closely.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, image_size: int = 8, blocks: int = 4,
-                 pooled: int | None = None):
+                 pooled: int | None = None, dropout: float = 0.0):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("width", width), ("image_size", image_size),
                             ("blocks", blocks)):
@@ -141,7 +144,9 @@ class ProtoEncoder(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             channels = width
-        self.body = nn.Sequential(*layers, nn.Flatten())
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout))  # dropout: training only
         self.in_channels, self.image_size = in_channels, image_size
         self.width = width * size * size
 
