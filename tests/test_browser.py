@@ -254,8 +254,40 @@ def use_04_widgets(lab: Lab, widget, shot) -> list[str]:
     return done
 
 
+def use_05_widgets(lab: Lab, widget, shot) -> list[str]:
+    """The shots slider (the prototypes and the k marker move) and the support-draw box; the explorer
+    draws into an image widget and a line of text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    readout = widget.find_element(By.CSS_SELECTOR, ".widget-html")
+    drawn = lambda element: bool(element.find_elements(By.CSS_SELECTOR, "img[src]")) and "at k = " in readout.text  # noqa: E731
+    done = []
+    if not drawn(widget):
+        done.append("PROBLEM: after Run All the prototype explorer is empty (nothing drawn until a control changes)")
+
+    shots = control(widget, "shots k", ".widget-readout")
+    before_shots = shots.text
+    before = widget.get_attribute("innerHTML")
+    control(widget, "shots k", ".noUi-handle").send_keys(Keys.ARROW_RIGHT)
+    lab.html_changes(widget, before, INTERACTION_TIMEOUT_S, "move the shots slider",
+                     ready=lambda element: drawn(element) and f"at k = {shots.text}:" in readout.text)
+    assert shots.text != before_shots, f"the shots slider did not move: its readout still says {before_shots}"
+    shot("after_shots")
+    done.append(f"shots slider {before_shots} -> {shots.text}: the episode and the k marker redrawn")
+
+    before = widget.get_attribute("innerHTML")
+    type_into(control(widget, "support draw", "input"), "11")
+    lab.html_changes(widget, before, INTERACTION_TIMEOUT_S, "change the support draw",
+                     ready=lambda element: drawn(element) and "support draw 11," in readout.text)
+    shot("after_draw")
+    done.append("support draw 3 -> 11: new shots, new prototypes")
+    return done
+
+
 INTERACTIONS = {"01_challenges": use_01_widgets, "02_representation": use_02_widgets,
-                "03_alignment": use_03_widgets, "04_reasoning": use_04_widgets}
+                "03_alignment": use_03_widgets, "04_reasoning": use_04_widgets,
+                "05_few_shot": use_05_widgets}
 
 
 # --- the test ----------------------------------------------------------------------------------------
