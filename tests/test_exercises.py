@@ -361,3 +361,22 @@ def test_report_prints(capsys):
     assert capsys.readouterr().out == "\u2717 f: shape (2,), expected (3,).\n  Hint: Check the shape.\n"
     with pytest.raises(TypeError, match="result"):
         report("passed")
+
+
+@pytest.mark.parametrize("module, names", [
+    ("reasoning", ("check_san_hop", "check_bilinear_attention", "check_relate", "check_reinforce_loss")),
+    ("few_shot", ("check_prototypes", "check_squared_distances", "check_episode_sampler", "check_confident_labels",
+                  "check_exam_clip_loss", "check_exam_xor_fusion", "check_exam_modality_gap",
+                  "check_exam_protonet_prediction", "check_exam_zero_shot", "check_exam_cross_attention")),
+], ids=["reasoning", "few_shot"])
+def test_checks_are_public_and_graded(module, names):
+    """Every check of a notebook is reachable as mmcourse.exercises.check_<name> and graded by `mmcourse grade`."""
+    import importlib
+
+    from mmcourse import exercises, grading
+
+    checks = importlib.import_module(f"mmcourse.exercises.{module}")
+    for name in names:
+        assert callable(getattr(exercises, name)) and name in exercises.__all__
+        assert grading.EXERCISES[name] is checks.EXERCISES[name]
+    assert set(checks.EXERCISES) == set(names)

@@ -8,15 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse import exercises, grading
+from mmcourse import exercises
 from mmcourse.exercises import few_shot as checks
 from mmcourse.experiments.few_shot import sample_episode
 from mmcourse.models.colearning import UNLABELLED, confident_labels
 from mmcourse.models.protonet import class_prototypes
-
-NAMES = ("check_prototypes", "check_squared_distances", "check_episode_sampler", "check_confident_labels",
-         "check_exam_clip_loss", "check_exam_xor_fusion", "check_exam_modality_gap",
-         "check_exam_protonet_prediction", "check_exam_zero_shot", "check_exam_cross_attention")
 
 
 # -------------------------------------------------------------------------- the equations written out
@@ -85,13 +81,6 @@ EXAM = [check for check in (case[0] for case in CASES) if check.__name__.startsw
 
 def one_sentence(message: str) -> bool:
     return message.endswith(".") and "\n" not in message and message.count(". ") == 0
-
-
-def test_checks_are_public_and_graded():
-    for name in NAMES:
-        assert callable(getattr(exercises, name)) and name in exercises.__all__
-        assert grading.EXERCISES[name] is checks.EXERCISES[name]
-    assert set(checks.EXERCISES) == set(NAMES)
 
 
 def test_the_package_references_pass():
