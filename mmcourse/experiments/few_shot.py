@@ -183,7 +183,7 @@ class ProtoRecipe:
     train_way: int = 20  # more ways in training than at test (Snell et al.: 60-way training for 5-way tests)
     train_shot: int = 5
     train_query: int = 5  # queries per class in a training episode
-    rotate: bool = True  # train on the four rotations of the training digits (20 classes) or upright only (5)
+    rotate: bool = True  # train on the four rotations of the training digits (20 classes, 28 with mirrors) or upright only
     mirror: tuple[int, ...] = MIRROR_DIGITS  # training digits whose mirror images are more classes (at every turn)
     width: int = 64
     pooled: int = 1  # encoder blocks that halve the map: 8x8 -> 4x4 embedding maps (see ProtoEncoder)
