@@ -24,7 +24,7 @@ import numpy as np
 from ..paths import cache_dir
 
 # Bump when a generator changes its output for the same spec, so old caches stop matching.
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # 3: the affect task's sarcasm rule
 CHECKSUM_KEY = "__checksum__"
 SPEC_KEY = "__spec__"  # the spec_text the arrays were built from, stored beside them
 RESERVED_KEYS = (CHECKSUM_KEY, SPEC_KEY)

@@ -293,8 +293,8 @@ class AffectDataset(_CachedDataset):
     """The trimodal sentiment task of `mmcourse.world.affect`, as tensors.
 
     Item keys: video (T_v, D_v) and audio (T_a, D_a) float32; text (L,) int64 tokens; label (0/1);
-    interaction (index into `affect.INTERACTIONS`); polarity (3,) int64; expression (T_v,) bool,
-    True on the frames where the face shows its smile or frown. `video_frames` and `audio_frames`
+    interaction (index into `affect.INTERACTIONS`); polarity (3,) and delivery (3,) int64 (see
+    `affect.AffectData`); expression (T_v,) bool, True on the frames where the face shows its expression. `video_frames` and `audio_frames`
     (default: `frames`) draw the two sequences at lengths of their own, unaligned.
     """
 
@@ -315,7 +315,8 @@ class AffectDataset(_CachedDataset):
                                     video_frames=s["video_frames"], audio_frames=s["audio_frames"])
         return {
             "video": data.video, "audio": data.audio, "labels": data.labels,
-            "interaction": data.interaction, "polarity": data.polarity, "expression": data.expression,
+            "interaction": data.interaction, "polarity": data.polarity, "delivery": data.delivery,
+            "expression": data.expression,
             "text": language.default_tokenizer().encode_batch(data.texts, self.max_length),
             "texts": np.array(data.texts, dtype=str),
         }
@@ -332,6 +333,7 @@ class AffectDataset(_CachedDataset):
             "label": int(a["labels"][i]),
             "interaction": int(a["interaction"][i]),
             "polarity": torch.from_numpy(a["polarity"][i]),
+            "delivery": torch.from_numpy(a["delivery"][i]),
             "expression": torch.from_numpy(a["expression"][i]),
         }
 

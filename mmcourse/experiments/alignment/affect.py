@@ -15,7 +15,7 @@ This module holds what the experiment needs around them:
   with `mmcourse.train.fit`.
 - `accuracy_by_interaction(model, dataset)`: accuracy on unimodal, bimodal and trimodal examples.
 - `word_to_frame_grounding(model, dataset)`: the words' attention over the video frames, scored
-  against the frames where the face shows its smile or frown: the share of attention mass on them
+  against the frames where the face shows its expression: the share of attention mass on them
   (chance: their share of the frames) and a pointing game (is the most attended frame one of them?
   chance: the same share), over the examples whose face is active.
 """
