@@ -8,6 +8,8 @@
 - Attention grounding: the share of attention mass inside the ground-truth region, and the
   pointing game of Zhang et al. (2016, "Top-down neural attention by excitation backprop"): does
   the most attended location fall inside the region?
+- The best accuracy an additive model can reach on a task of two binary factors: the ceiling of
+  late fusion, which scores an example by a sum of one term per modality.
 
 Every function accepts torch tensors (any device) or NumPy arrays, returns Python floats (dicts of
 floats) or NumPy arrays, and raises ValueError/TypeError naming the argument and the shape seen
@@ -314,3 +316,41 @@ __all__ = [
     "mask_coverage",
     "attention_grounding",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# What a sum of per-modality terms can reach
+# --------------------------------------------------------------------------------------------
+
+# Term values that make every labelling a sum a_i + b_j > 0 can make on a 2 x 2 table.
+_ADDITIVE_TERMS = (-1.5, -0.5, 0.5, 1.5)
+
+
+def best_additive_accuracy(probabilities: Any, labels: Any) -> float:
+    """The highest accuracy of any rule "positive iff a_i + b_j > 0" on a table of two binary factors.
+
+    `probabilities[i, j]` (2, 2) is how often the first factor (e.g. the words) takes value i and the
+    second (e.g. the voice) value j, summing to 1; `labels[i, j]` (2, 2) in {0, 1} is the label there.
+    Late fusion scores an example by such a sum, so this is its ceiling: 1.0 where the labels follow
+    the factors one at a time, 3/4 on a balanced XOR, whose two diagonals no sum can separate.
+    """
+    probabilities, labels = _check_factor_table(probabilities, labels)
+    best = 0.0
+    for a in np.array(np.meshgrid(_ADDITIVE_TERMS, _ADDITIVE_TERMS)).reshape(2, -1).T:      # (a_0, a_1)
+        for b in np.array(np.meshgrid(_ADDITIVE_TERMS, _ADDITIVE_TERMS)).reshape(2, -1).T:  # (b_0, b_1)
+            predictions = (a[:, None] + b[None, :] > 0).astype(np.int64)  # (2, 2)
+            best = max(best, float(probabilities[predictions == labels].sum()))
+    return best
+
+
+def _check_factor_table(probabilities: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = _check_finite(_to_numpy(probabilities, "probabilities").astype(np.float64), "probabilities")
+    labels = _labels(labels, "labels")
+    for name, array in (("probabilities", probabilities), ("labels", labels)):
+        if array.shape != (2, 2):
+            raise ValueError(f"{name} must have shape (2, 2), one entry per pair of factor values, got {array.shape}")
+    if np.any(probabilities < 0) or abs(probabilities.sum() - 1.0) > 1e-6:
+        raise ValueError(f"probabilities must be >= 0 and sum to 1, got {probabilities.tolist()}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got {labels.tolist()}")
+    return probabilities, labels

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mmcourse.exercises as exercises
-from mmcourse.exercises import ExerciseFailed, check_late_fusion, check_lmf_parameter_count, check_tensor_fusion
+from mmcourse.exercises import ExerciseFailed, check_best_additive_accuracy, check_lmf_weight, check_tensor_fusion
 
 
 def with_one(x):
@@ -27,20 +27,50 @@ def tensor_fusion_detached(video, audio, text):
     return tensor_fusion(video, audio, text.detach())
 
 
-def lmf_parameter_count(dims, rank, out_dim):
-    return rank * out_dim * sum(d + 1 for d in dims) + out_dim
+def lmf_weight(factors):
+    weight = factors[0]
+    for factor in factors[1:]:
+        weight = torch.einsum("rpk,rik->rpik", weight, factor).flatten(1, 2)
+    return weight.sum(0)
 
 
-def lmf_parameter_count_without_the_ones(dims, rank, out_dim):
-    return rank * out_dim * sum(dims) + out_dim
+def lmf_weight_last_modality_slowest(factors):
+    return lmf_weight(factors[::-1])
 
 
-def late_fusion(logits):
-    return torch.stack(logits).mean(0)
+def lmf_weight_first_rank_only(factors):
+    return lmf_weight([factor[:1] for factor in factors])
 
 
-def late_fusion_summed(logits):
-    return torch.stack(logits).sum(0)
+def lmf_weight_per_rank(factors):
+    return torch.stack([lmf_weight([factor[r:r + 1] for factor in factors]) for r in range(len(factors[0]))])
+
+
+def lmf_weight_detached(factors):
+    return lmf_weight([*factors[:-1], factors[-1].detach()])
+
+
+def best_additive_accuracy(probabilities, labels):
+    best = 0.0
+    for code in range(16):
+        predictions = torch.tensor([(code >> k) & 1 for k in range(4)]).view(2, 2)
+        xor = (predictions[0, 0] == predictions[1, 1] and predictions[0, 1] == predictions[1, 0]
+               and predictions[0, 0] != predictions[0, 1])
+        if not xor:
+            best = max(best, float(probabilities[predictions == labels].sum()))
+    return best
+
+
+def best_additive_accuracy_of_every_labelling(probabilities, labels):
+    return 1.0
+
+
+def best_additive_accuracy_of_a_balanced_xor(probabilities, labels):
+    return 0.75
+
+
+def best_additive_accuracy_as_a_tensor(probabilities, labels):
+    return torch.tensor(best_additive_accuracy(probabilities, labels))
 
 
 def not_implemented(*args):
@@ -48,13 +78,13 @@ def not_implemented(*args):
 
 
 def test_the_checks_are_reachable_from_the_exercises_package():
-    for name in ("check_tensor_fusion", "check_lmf_parameter_count", "check_late_fusion"):
+    for name in ("check_tensor_fusion", "check_lmf_weight", "check_best_additive_accuracy"):
         assert callable(getattr(exercises, name))
 
 
 def test_right_answers_pass():
-    for check, answer in ((check_tensor_fusion, tensor_fusion), (check_lmf_parameter_count, lmf_parameter_count),
-                          (check_late_fusion, late_fusion)):
+    for check, answer in ((check_tensor_fusion, tensor_fusion), (check_lmf_weight, lmf_weight),
+                          (check_best_additive_accuracy, best_additive_accuracy)):
         result = check(answer)
         assert result.passed, result.message
         assert "matches the reference" in result.message
@@ -63,6 +93,7 @@ def test_right_answers_pass():
 def test_tensor_fusion_mistakes_are_named():
     missing_ones = check_tensor_fusion(tensor_fusion_without_ones)
     assert not missing_ones.passed and "shape" in missing_ones.message
+    assert "you take the outer product of the inputs themselves; append a 1 to each first" in missing_ones.message
     assert "column of ones" in missing_ones.hint
     reversed_order = check_tensor_fusion(tensor_fusion_in_reverse_order)
     assert not reversed_order.passed and "differ" in reversed_order.message
@@ -70,20 +101,47 @@ def test_tensor_fusion_mistakes_are_named():
     assert not detached.passed and "gradient w.r.t. argument 'text'" in detached.message
 
 
-def test_lmf_count_mistakes_are_named():
-    result = check_lmf_parameter_count(lmf_parameter_count_without_the_ones)
-    assert not result.passed and "value" in result.message and "expected" in result.message
-    as_float = check_lmf_parameter_count(lambda dims, rank, out_dim: float(lmf_parameter_count(dims, rank, out_dim)))
-    assert not as_float.passed and "expected an int" in as_float.message
-
-
-def test_late_fusion_mistakes_are_named():
-    result = check_late_fusion(late_fusion_summed)
+def test_lmf_weight_with_the_last_modality_slowest_is_named():
+    result = check_lmf_weight(lmf_weight_last_modality_slowest)
     assert not result.passed and "values differ" in result.message
-    assert "average over the modality dimension" in result.hint
+    assert "your weight lets the last modality vary slowest; the first must" in result.message
+    assert "sum the rank-one terms over r" in result.hint
 
 
-@pytest.mark.parametrize("check", [check_tensor_fusion, check_lmf_parameter_count, check_late_fusion])
+def test_lmf_weight_of_one_rank_term_is_named():
+    result = check_lmf_weight(lmf_weight_first_rank_only)
+    assert not result.passed and "values differ" in result.message
+    assert "your weight holds one rank-one term; sum the terms of every rank r" in result.message
+
+
+def test_lmf_weight_other_mistakes_fail_on_shape_and_gradients():
+    per_rank = check_lmf_weight(lmf_weight_per_rank)
+    assert not per_rank.passed and "shape" in per_rank.message and "your weight" not in per_rank.message
+    detached = check_lmf_weight(lmf_weight_detached)
+    assert not detached.passed and "gradient w.r.t. argument 'factors[" in detached.message
+
+
+def test_best_additive_accuracy_that_allows_xor_is_named():
+    result = check_best_additive_accuracy(best_additive_accuracy_of_every_labelling)
+    assert not result.passed and "value 1, expected" in result.message
+    assert "you allow every labelling; a sum a_i + b_j cannot make the two diagonals differ (XOR)" in result.message
+    assert "14 of the 16" in result.hint
+    with pytest.raises(ExerciseFailed, match="you allow every labelling"):
+        check_best_additive_accuracy(best_additive_accuracy_of_every_labelling, raise_on_fail=True)
+
+
+def test_best_additive_accuracy_of_three_quarters_always_is_named():
+    result = check_best_additive_accuracy(best_additive_accuracy_of_a_balanced_xor)
+    assert not result.passed and "value 0.75, expected" in result.message
+    assert "you return 3/4, the answer for equally likely cells; weigh each cell by its probability" in result.message
+
+
+def test_best_additive_accuracy_must_be_a_float():
+    result = check_best_additive_accuracy(best_additive_accuracy_as_a_tensor)
+    assert not result.passed and "got a torch.Tensor, expected a float" in result.message
+
+
+@pytest.mark.parametrize("check", [check_tensor_fusion, check_lmf_weight, check_best_additive_accuracy])
 def test_unfinished_answers_are_reported_and_autograders_get_an_exception(check):
     result = check(not_implemented)
     assert not result.passed and "not implemented yet" in result.message

@@ -8,8 +8,8 @@ from torch import nn
 
 from mmcourse.models.encoders import ConvSequenceEncoder
 from mmcourse.models.fusion import (EarlyFusion, FusionClassifier, GatedFusion, LateFusion, LowRankFusion,
-                                    TensorFusion, average_logits, low_rank_fusion_parameter_count, mlp,
-                                    tensor_fusion_size)
+                                    TensorFusion, average_logits, low_rank_fusion_parameter_count,
+                                    low_rank_weight, mlp, tensor_fusion_size)
 
 
 def features(dims, batch=4, seed=0):
@@ -97,6 +97,31 @@ def test_low_rank_fusion_is_a_tfn_linear_layer_with_a_low_rank_weight():
         flat.weight.copy_(weight.reshape(-1, 4).T)
         flat.bias.copy_(lmf.bias)
     torch.testing.assert_close(lmf(xs), flat(TensorFusion(dims)(xs)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [(2, 3), (2, 3, 2), (1, 2, 1, 3)])
+def test_low_rank_weight_is_the_weight_lmf_computes_with(dims):
+    torch.manual_seed(1)
+    lmf = LowRankFusion(dims, out_dim=3, rank=2)
+    xs = features(dims)
+    weight = low_rank_weight(lmf.factors)  # (prod_m (d_m + 1), 3)
+    assert weight.shape == (tensor_fusion_size(dims), 3)
+    torch.testing.assert_close(TensorFusion(dims)(xs) @ weight + lmf.bias, lmf(xs), atol=1e-5, rtol=1e-5)
+    if len(dims) == 3:  # the definition written out for three modalities
+        by_definition = torch.einsum("rio,rjo,rko->ijko", *lmf.factors).reshape(-1, 3)
+        torch.testing.assert_close(weight, by_definition)
+
+
+@pytest.mark.parametrize("factors, error, words", [
+    (torch.zeros(2, 3, 4), TypeError, "factors must be a list"),
+    ([torch.zeros(2, 3, 4)], TypeError, "at least two"),
+    ([torch.zeros(2, 3, 4), torch.zeros(3, 3, 4)], ValueError, r"factors\[1\] has shape"),
+    ([torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)], ValueError, "share rank and out_dim"),
+    ([torch.zeros(2, 3, 4), torch.zeros(3, 4)], ValueError, r"factors\[1\]"),
+])
+def test_low_rank_weight_refuses_bad_factors(factors, error, words):
+    with pytest.raises(error, match=words):
+        low_rank_weight(factors)
 
 
 def test_low_rank_fusion_with_full_rank_represents_any_tfn_weight_exactly():

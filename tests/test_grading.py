@@ -21,14 +21,24 @@ SOLUTION = """def double(x):
     ### END SOLUTION
 """
 
-LATE_FUSION = """def late_fusion(logits):
+LMF_WEIGHT = """def lmf_weight(factors):
     ### BEGIN SOLUTION
-    return torch.stack(list(logits)).mean(0)
+    weight = factors[0]
+    for factor in factors[1:]:
+        weight = torch.einsum("rpk,rik->rpik", weight, factor).flatten(1, 2)
+    return weight.sum(0)
     ### END SOLUTION
 """
-LMF_COUNT = """def lmf_parameter_count(dims, rank, out_dim):
+BEST_ADDITIVE = """def best_additive_accuracy(probabilities, labels):
     ### BEGIN SOLUTION
-    return rank * out_dim * sum(d + 1 for d in dims) + out_dim
+    best = 0.0
+    for code in range(16):
+        predictions = torch.tensor([(code >> k) & 1 for k in range(4)]).view(2, 2)
+        xor = (predictions[0, 0] == predictions[1, 1] and predictions[0, 1] == predictions[1, 0]
+               and predictions[0, 0] != predictions[0, 1])
+        if not xor:
+            best = max(best, float(probabilities[predictions == labels].sum()))
+    return best
     ### END SOLUTION
 """
 SAMPLER = """def my_sample_hard_negatives(similarity, generator=None):
@@ -38,9 +48,9 @@ SAMPLER = """def my_sample_hard_negatives(similarity, generator=None):
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
     ### END SOLUTION
 """
-ANSWERS = {"late_fusion": LATE_FUSION, "lmf_parameter_count": LMF_COUNT, "my_sample_hard_negatives": SAMPLER}
-CHECKS = {"late_fusion": "mmcourse.exercises.check_late_fusion(late_fusion)",
-          "lmf_parameter_count": "mmcourse.exercises.check_lmf_parameter_count(lmf_parameter_count)",
+ANSWERS = {"lmf_weight": LMF_WEIGHT, "best_additive_accuracy": BEST_ADDITIVE, "my_sample_hard_negatives": SAMPLER}
+CHECKS = {"lmf_weight": "mmcourse.exercises.check_lmf_weight(lmf_weight)",
+          "best_additive_accuracy": "mmcourse.exercises.check_best_additive_accuracy(best_additive_accuracy)",
           "my_sample_hard_negatives": "mmcourse.exercises.check_hard_negative_sampling(my_sample_hard_negatives)"}
 
 
@@ -61,7 +71,7 @@ def write_notebook(path, cells):
 
 def make_solution_notebook(path, answers=None, extra_cells=(), checks=True):
     """A small solution notebook laid out as the lecture's: parameters, imports, then three exercises
-    of the course (late fusion, the LMF parameter count, hard-negative sampling), each an answer cell
+    of the course (the LMF weight, the best additive accuracy, hard-negative sampling), each an answer cell
     and a check cell. `answers` replaces answers by function name; `extra_cells` go after the imports."""
     answers = {**ANSWERS, **(answers or {})}
     cells = [code('SCALE = "auto"\nSEED = 0', tags=["parameters"]),
@@ -93,7 +103,7 @@ def test_assign_writes_a_student_copy_and_leaves_the_source(tmp_path):
     copy = assign(source, tmp_path / "student")
     assert source.read_bytes() == before
     student = nbformat.read(copy, as_version=4)
-    assert "raise NotImplementedError" in student.cells[3].source and "torch.stack" not in student.cells[3].source
+    assert "raise NotImplementedError" in student.cells[3].source and "torch.einsum" not in student.cells[3].source
     assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
 
 
@@ -115,15 +125,15 @@ def test_cli_assign(tmp_path, capsys):
 def test_exercises_come_from_the_source_by_check_name(tmp_path):
     tasks = read_exercises(make_solution_notebook(tmp_path / "ex.ipynb"))
     assert [(t.check, t.function, t.exercise.name) for t in tasks] == [
-        ("check_late_fusion", "late_fusion", "late_fusion"),
-        ("check_lmf_parameter_count", "lmf_parameter_count", "lmf_parameter_count"),
+        ("check_lmf_weight", "lmf_weight", "lmf_weight"),
+        ("check_best_additive_accuracy", "best_additive_accuracy", "best_additive_accuracy"),
         ("check_hard_negative_sampling", "my_sample_hard_negatives", "sample_hard_negatives")]
 
 
 @pytest.mark.parametrize("check_cell, error, match", [
     ("mmcourse.exercises.check_my_own(f)", ValueError, "check_my_own, which is not an exercise check"),
-    ("mmcourse.exercises.check_late_fusion(lambda x: x)", ValueError, "by its name"),
-    ("mmcourse.exercises.check_late_fusion(", ValueError, "not valid Python"),
+    ("mmcourse.exercises.check_lmf_weight(lambda x: x)", ValueError, "by its name"),
+    ("mmcourse.exercises.check_lmf_weight(", ValueError, "not valid Python"),
 ])
 def test_a_source_whose_checks_cannot_be_graded_is_refused(tmp_path, check_cell, error, match):
     source = write_notebook(tmp_path / "ex.ipynb", [code("import mmcourse"), code(check_cell)])
@@ -167,26 +177,40 @@ def test_lecture_notebooks_hand_out_their_exercises(notebook, tmp_path):
 
 
 @pytest.mark.parametrize("answer, flagged", [
-    ("from mmcourse.models.fusion import average_logits\n\ndef late_fusion(logits):\n    return average_logits(logits)",
-     "mmcourse.models.fusion.average_logits"),
-    ("def late_fusion(logits):\n    return mmcourse.models.fusion.average_logits(logits)",
-     "mmcourse.models.fusion.average_logits"),
-    ("def late_fusion(logits):\n    return fusion.average_logits(logits)", "mmcourse.models.fusion.average_logits"),
-    ("def late_fusion(logits):\n    return TF([2, 2])", "mmcourse.models.fusion.TensorFusion"),
-    ("late_fusion = __import__('mmcourse.models.fusion', fromlist=['x']).average_logits", "mmcourse.models.fusion"),
-    ("def late_fusion(logits):\n    return mmcourse.exercises.challenges.LATE_FUSION.reference_fn(logits)",
-     "mmcourse.exercises.challenges.LATE_FUSION.reference_fn"),
-    ("from mmcourse.models.fusion import average_logits as late_fusion", "mmcourse.models.fusion.average_logits"),
+    ("from mmcourse.models.fusion import low_rank_weight\n\n"
+     "def lmf_weight(factors):\n    return low_rank_weight(factors)", "mmcourse.models.fusion.low_rank_weight"),
+    ("def lmf_weight(factors):\n    return mmcourse.models.fusion.low_rank_weight(factors)",
+     "mmcourse.models.fusion.low_rank_weight"),
+    ("def lmf_weight(factors):\n    return fusion.low_rank_weight(factors)", "mmcourse.models.fusion.low_rank_weight"),
+    ("def lmf_weight(factors):\n    return TF([2, 2])", "mmcourse.models.fusion.TensorFusion"),
+    ("lmf_weight = __import__('mmcourse.models.fusion', fromlist=['x']).low_rank_weight", "mmcourse.models.fusion"),
+    ("def lmf_weight(factors):\n    return mmcourse.exercises.challenges.LMF_WEIGHT.reference_fn(factors)",
+     "mmcourse.exercises.challenges.LMF_WEIGHT.reference_fn"),
+    ("from mmcourse.models.fusion import low_rank_weight as lmf_weight", "mmcourse.models.fusion.low_rank_weight"),
 ])
 def test_answers_that_use_the_package_implementation_are_flagged(tmp_path, answer, flagged):
     setup = "import mmcourse.models.fusion as fusion\nfrom mmcourse.models.fusion import TensorFusion as TF"
-    path = make_solution_notebook(tmp_path / "ex.ipynb", {"late_fusion": answer}, extra_cells=[setup])
+    path = make_solution_notebook(tmp_path / "ex.ipynb", {"lmf_weight": answer}, extra_cells=[setup])
     notebook = nbformat.read(path, as_version=4)
-    assert review(notebook, read_exercises(path)) == f"late_fusion (cell 4) uses {flagged}"
+    assert review(notebook, read_exercises(path)) == f"lmf_weight (cell 4) uses {flagged}"
+
+
+@pytest.mark.parametrize("answer, flagged", [
+    ("from mmcourse.metrics import best_additive_accuracy", "mmcourse.metrics.best_additive_accuracy"),
+    ("def best_additive_accuracy(probabilities, labels):\n"
+     "    return metrics.best_additive_accuracy(probabilities, labels)", "mmcourse.metrics.best_additive_accuracy"),
+])
+def test_an_answer_that_is_the_package_metric_is_flagged(tmp_path, answer, flagged):
+    setup = "import mmcourse.metrics as metrics"
+    path = make_solution_notebook(tmp_path / "ex.ipynb", {"best_additive_accuracy": answer}, extra_cells=[setup])
+    notebook = nbformat.read(path, as_version=4)
+    assert review(notebook, read_exercises(path)) == f"best_additive_accuracy (cell 7) uses {flagged}"
 
 
 def test_honest_answers_and_other_cells_are_not_flagged(tmp_path):
-    lecture_cell = "from mmcourse.models.fusion import average_logits\naverage_logits([torch.ones(2, 3)])"
+    lecture_cell = ("from mmcourse.models.fusion import low_rank_weight\nlow_rank_weight([torch.ones(2, 3, 1)] * 2)\n"
+                    "from mmcourse.metrics import best_additive_accuracy as ceiling\n"
+                    "ceiling(torch.full((2, 2), 0.25), torch.eye(2, dtype=torch.long))")
     path = make_solution_notebook(tmp_path / "ex.ipynb", extra_cells=[lecture_cell, "%matplotlib inline"])
     assert review(nbformat.read(path, as_version=4), read_exercises(path)) == ""
 
@@ -201,38 +225,46 @@ def test_grader_cells_follow_the_answers_they_ask_or_close_the_notebook(tmp_path
     notebook = nbformat.read(without_sampler, as_version=4)
     prepared = _with_grader_cells(notebook, [(task, list(task.exercise.draw(1))) for task in tasks], "n0nce")
     asks = {cell.metadata[GRADER_CELL]: i for i, cell in enumerate(prepared.cells) if GRADER_CELL in cell.metadata}
-    assert "def late_fusion" in prepared.cells[asks["check_late_fusion"] - 1].source
-    assert "def lmf_parameter_count" in prepared.cells[asks["check_lmf_parameter_count"] - 1].source
+    assert "def lmf_weight" in prepared.cells[asks["check_lmf_weight"] - 1].source
+    assert "def best_additive_accuracy" in prepared.cells[asks["check_best_additive_accuracy"] - 1].source
     assert asks["check_hard_negative_sampling"] == len(prepared.cells) - 1  # nothing defines it: at the end
     assert len(prepared.cells) == len(notebook.cells) + 3
-    assert "globals().get('late_fusion')" in prepared.cells[asks["check_late_fusion"]].source
+    assert "globals().get('lmf_weight')" in prepared.cells[asks["check_lmf_weight"]].source
+
+
+def lmf_weight(factors):
+    weight = factors[0]
+    for factor in factors[1:]:
+        weight = torch.einsum("rpk,rik->rpik", weight, factor).flatten(1, 2)
+    return weight.sum(0)
 
 
 def ask_and_judge(tmp_path, fn, capsys, seed=3):
     """One exercise's round trip without a kernel: the grader's cell run as a kernel would run it (on
-    `fn` as late_fusion, None: undefined), and what it printed."""
-    task = read_exercises(make_solution_notebook(tmp_path / "ex.ipynb"))[0]  # late fusion
+    `fn` as lmf_weight, None: undefined), and what it printed."""
+    task = read_exercises(make_solution_notebook(tmp_path / "ex.ipynb"))[0]  # the LMF weight
     trials = list(task.exercise.draw(seed))
     cell = _with_grader_cells(nbformat.v4.new_notebook(), [(task, trials)], "n0nce").cells[0]
     capsys.readouterr()
-    exec(cell.source, {} if fn is None else {"late_fusion": fn})
+    exec(cell.source, {} if fn is None else {"lmf_weight": fn})
     return task, trials, capsys.readouterr().out
 
 
 def test_the_grader_judges_the_values_the_kernel_returns(tmp_path, capsys):
-    task, trials, reply = ask_and_judge(tmp_path, lambda logits: torch.stack(list(logits)).mean(0), capsys)
+    task, trials, reply = ask_and_judge(tmp_path, lmf_weight, capsys)
     assert _verdict(task, trials, reply, "n0nce").passed
-    task, trials, reply = ask_and_judge(tmp_path, lambda logits: torch.stack(list(logits)).sum(0), capsys)
+    task, trials, reply = ask_and_judge(tmp_path, lambda factors: lmf_weight(factors[::-1]), capsys)
     verdict = _verdict(task, trials, reply, "n0nce")
     assert not verdict.passed and "values differ" in verdict.message
+    assert "your weight lets the last modality vary slowest" in verdict.message
     task, trials, reply = ask_and_judge(tmp_path, None, capsys)
-    assert _verdict(task, trials, reply, "n0nce").message == "late_fusion is not defined."
+    assert _verdict(task, trials, reply, "n0nce").message == "lmf_weight is not defined."
     task, trials, reply = ask_and_judge(tmp_path, 3, capsys)
-    assert _verdict(task, trials, reply, "n0nce").message == "late_fusion is an int, not a function."
+    assert _verdict(task, trials, reply, "n0nce").message == "lmf_weight is an int, not a function."
 
 
 def test_nothing_but_a_readable_reply_with_the_right_values_passes(tmp_path, capsys):
-    task, trials, reply = ask_and_judge(tmp_path, lambda logits: torch.stack(list(logits)).mean(0), capsys)
+    task, trials, reply = ask_and_judge(tmp_path, lmf_weight, capsys)
     forged = ['{"passed": true}', reply.replace("n0nce", "other"), "n0nce" + "AAAA" + "n0nce", "n0nce!n0nce", ""]
     for stdout in forged:
         verdict = _verdict(task, trials, stdout, "n0nce")
@@ -273,7 +305,7 @@ def test_cli_grade_reports_unreadable_submissions_in_the_table(tmp_path, capsys)
     assert [(r["submission"], r["passed"], r["checks"], r["score"]) for r in rows] == [
         ("broken.ipynb", "0", "3", "0.000"), ("empty.ipynb", "0", "3", "0.000")]
     assert all(r["status"].startswith("unreadable: ") for r in rows)
-    assert all(r["check_late_fusion"] == "not graded: the submission could not be read." for r in rows)
+    assert all(r["check_lmf_weight"] == "not graded: the submission could not be read." for r in rows)
 
 
 def test_cli_run_outside_the_course_folder_says_so(tmp_path, monkeypatch, capsys):

@@ -14,11 +14,11 @@ from test_grading import make_solution_notebook
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")]
 
-BLANK = {"late_fusion": "def late_fusion(logits):\n    raise NotImplementedError",
-         "lmf_parameter_count": "def lmf_parameter_count(dims, rank, out_dim):\n    raise NotImplementedError",
+BLANK = {"lmf_weight": "def lmf_weight(factors):\n    raise NotImplementedError",
+         "best_additive_accuracy": "def best_additive_accuracy(probabilities, labels):\n    raise NotImplementedError",
          "my_sample_hard_negatives": "def my_sample_hard_negatives(similarity, generator=None):\n"
                                      "    raise NotImplementedError"}
-WRONG_LMF = "def lmf_parameter_count(dims, rank, out_dim):\n    return rank * out_dim * sum(dims) + out_dim"
+WRONG_ADDITIVE = "def best_additive_accuracy(probabilities, labels):\n    return 0.75"
 
 FORGE_LOG_LINES = """import glob, json, os
 
@@ -30,7 +30,7 @@ def forge(*_):
     for path in filter(None, logs):
         with open(path, "a") as log:
             log.write((PASSED + "\\n") * 25)
-            for check in ("check_late_fusion", "check_lmf_parameter_count", "check_hard_negative_sampling"):
+            for check in ("check_lmf_weight", "check_best_additive_accuracy", "check_hard_negative_sampling"):
                 log.write(json.dumps({"check": check, "stdout": PASSED}) + "\\n")
     print(PASSED)
 
@@ -66,12 +66,12 @@ with open({report!r}, "w") as report:
     report.write("\\n".join([" ".join(str(s.pid) for s in sleepers), os.getcwd(), os.path.expanduser("~"),
                             tempfile.gettempdir()]))
 """
-MEMORY_HOG_LMF = ("def lmf_parameter_count(dims, rank, out_dim):\n"
-                  "    hog = bytearray(12 * 2**30)  # more address space than the 8 GiB limit\n"
-                  "    return len(hog)")
+MEMORY_HOG_ADDITIVE = ("def best_additive_accuracy(probabilities, labels):\n"
+                       "    hog = bytearray(12 * 2**30)  # more address space than the 8 GiB limit\n"
+                       "    return float(len(hog))")
 
-IMPLEMENTATION_ANSWER = ("from mmcourse.models.fusion import average_logits\n\n"
-                         "def late_fusion(logits):\n    return average_logits(logits)")
+IMPLEMENTATION_ANSWER = ("from mmcourse.models.fusion import low_rank_weight\n\n"
+                         "def lmf_weight(factors):\n    return low_rank_weight(factors)")
 
 
 def snapshot(folder):
@@ -93,17 +93,17 @@ def graded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("submissions")
     source = make_solution_notebook(tmp_path_factory.mktemp("instructor") / "fusion.ipynb")
     escape_report = tmp_path_factory.mktemp("outside") / "escape.txt"
-    unanswered = {name: BLANK[name] for name in ("lmf_parameter_count", "my_sample_hard_negatives")}
+    unanswered = {name: BLANK[name] for name in ("best_additive_accuracy", "my_sample_hard_negatives")}
     submissions = [
         make_solution_notebook(folder / "full.ipynb"),
-        make_solution_notebook(folder / "partial.ipynb", {**unanswered, "lmf_parameter_count": WRONG_LMF}),
+        make_solution_notebook(folder / "partial.ipynb", {**unanswered, "best_additive_accuracy": WRONG_ADDITIVE}),
         assign(source, folder / "student"),
         make_solution_notebook(folder / "forged_log.ipynb", BLANK, extra_cells=[FORGE_LOG_LINES]),
         make_solution_notebook(folder / "patched.ipynb", BLANK, extra_cells=[PATCH_THE_CHECKS]),
         make_solution_notebook(folder / "deleted_checks.ipynb", unanswered, checks=False),
-        make_solution_notebook(folder / "escape.ipynb", {"lmf_parameter_count": MEMORY_HOG_LMF},
+        make_solution_notebook(folder / "escape.ipynb", {"best_additive_accuracy": MEMORY_HOG_ADDITIVE},
                                extra_cells=[ESCAPE.format(report=str(escape_report))]),
-        make_solution_notebook(folder / "implementation.ipynb", {"late_fusion": IMPLEMENTATION_ANSWER}),
+        make_solution_notebook(folder / "implementation.ipynb", {"lmf_weight": IMPLEMENTATION_ANSWER}),
         folder / "unreadable.ipynb",
     ]
     submissions[-1].write_text('{"cells": [{"cell_type": "code", "source": "x = 1"')  # cut short: not JSON
@@ -130,12 +130,13 @@ def test_honest_submissions_full_partial_and_blank(graded):
     assert summary(graded, "partial.ipynb") == (1, 3, "ok")
     assert summary(graded, "fusion.ipynb") == (0, 3, "ok")  # the student copy as assigned
     partial = graded["grades"]["partial.ipynb"].verdicts
-    assert partial["check_lmf_parameter_count"].message.startswith("lmf_parameter_count: value ")
+    assert partial["check_best_additive_accuracy"].message.startswith("best_additive_accuracy: value 0.75, expected ")
+    assert "you return 3/4" in partial["check_best_additive_accuracy"].message
     assert partial["check_hard_negative_sampling"].message == "sample_hard_negatives is not implemented yet."
     rows = graded["rows"]
     assert (rows["full.ipynb"]["score"], rows["partial.ipynb"]["score"]) == ("1.000", "0.333")
-    assert rows["partial.ipynb"]["check_late_fusion"] == "pass"
-    assert rows["fusion.ipynb"]["check_late_fusion"] == "late_fusion is not implemented yet."
+    assert rows["partial.ipynb"]["check_lmf_weight"] == "pass"
+    assert rows["fusion.ipynb"]["check_lmf_weight"] == "lmf_weight is not implemented yet."
     assert all(rows[name]["review"] == "" for name in ("full.ipynb", "partial.ipynb", "fusion.ipynb"))
 
 
@@ -145,7 +146,7 @@ def test_forged_grade_lines_pass_nothing(graded):
 
 def test_patching_the_checks_in_the_kernel_passes_nothing(graded):
     assert summary(graded, "patched.ipynb") == (0, 3, "ok")
-    assert "not implemented" in graded["grades"]["patched.ipynb"].verdicts["check_late_fusion"].message
+    assert "not implemented" in graded["grades"]["patched.ipynb"].verdicts["check_lmf_weight"].message
 
 
 def test_deleting_check_cells_does_not_shrink_the_count(graded):
@@ -154,8 +155,8 @@ def test_deleting_check_cells_does_not_shrink_the_count(graded):
 
 def test_files_and_processes_stay_inside_the_run_and_die_with_it(graded):
     verdicts = graded["grades"]["escape.ipynb"].verdicts
-    assert verdicts["check_late_fusion"].passed
-    assert verdicts["check_lmf_parameter_count"].message == "lmf_parameter_count raised MemoryError."
+    assert verdicts["check_lmf_weight"].passed
+    assert verdicts["check_best_additive_accuracy"].message == "best_additive_accuracy raised MemoryError."
     assert graded["grades"]["escape.ipynb"].status == "ok"
     pids, cwd, home, tmp = graded["escape_report"].read_text().splitlines()
     assert cwd == home and Path(tmp).parent == Path(home)
@@ -167,7 +168,7 @@ def test_files_and_processes_stay_inside_the_run_and_die_with_it(graded):
 def test_answers_using_the_package_implementation_pass_but_are_flagged(graded):
     g = graded["grades"]["implementation.ipynb"]
     assert (g.passed, g.checks) == (3, 3)
-    assert g.review == "late_fusion (cell 3) uses mmcourse.models.fusion.average_logits"
+    assert g.review == "lmf_weight (cell 3) uses mmcourse.models.fusion.low_rank_weight"
     assert graded["rows"]["implementation.ipynb"]["review"] == g.review
 
 
@@ -178,11 +179,11 @@ def test_an_unreadable_submission_is_reported_and_the_others_graded(graded):
 
 def test_the_cpu_limit_ends_a_kernel_but_keeps_what_was_graded_before(tmp_path):
     source = make_solution_notebook(tmp_path / "fusion.ipynb")
-    spinning = make_solution_notebook(tmp_path / "spinning.ipynb", {"lmf_parameter_count": "while True:\n    pass"})
+    spinning = make_solution_notebook(tmp_path / "spinning.ipynb", {"best_additive_accuracy": "while True:\n    pass"})
     (g,) = grade([spinning], tmp_path / "grades.csv", source, timeout=120, cpu_seconds=10)
     assert g.status.startswith("error: ") and "Kernel died" in g.status
-    assert (g.passed, g.checks) == (1, 3)  # late fusion was answered, and graded, before the endless answer
-    assert g.verdicts["check_lmf_parameter_count"].message.endswith("before its grader cell finished.")
+    assert (g.passed, g.checks) == (1, 3)  # the LMF weight was answered, and graded, before the endless answer
+    assert g.verdicts["check_best_additive_accuracy"].message.endswith("before its grader cell finished.")
 
 
 def test_the_time_limit_ends_a_submission(tmp_path):

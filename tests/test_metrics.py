@@ -1,4 +1,5 @@
 """Tests for mmcourse.metrics: hand-computed cases, independent implementations, bad inputs."""
+import itertools
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from mmcourse.metrics import (
     accuracy,
+    best_additive_accuracy,
     attention_grounding,
     confusion_matrix,
     iou_per_class,
@@ -299,3 +301,50 @@ def test_attention_grounding_rejects_bad_inputs(attention, region, error, words)
 def test_mask_coverage_rejects_a_bad_grid():
     with pytest.raises(ValueError, match="grid"):
         mask_coverage(np.ones((1, 2, 2), bool), (0, 2))
+
+
+# --- the best an additive model can do ------------------------------------------------------------
+
+EVEN = np.full((2, 2), 0.25)
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ([[0, 1], [1, 0]], 0.75),  # XOR: three of four corners at best
+    ([[1, 0], [0, 1]], 0.75),  # XNOR
+    ([[0, 1], [1, 1]], 1.0),   # OR: a sum represents it
+    ([[0, 0], [1, 1]], 1.0),   # the first factor alone
+    ([[1, 1], [1, 1]], 1.0),
+])
+def test_best_additive_accuracy_on_equally_likely_cells(labels, expected):
+    assert best_additive_accuracy(EVEN, np.array(labels)) == pytest.approx(expected)
+
+
+def test_best_additive_accuracy_gives_up_the_least_likely_cell_of_an_xor():
+    probabilities = torch.tensor([[0.4, 0.1], [0.2, 0.3]], dtype=torch.float64)
+    assert best_additive_accuracy(probabilities, torch.tensor([[0, 1], [1, 0]])) == pytest.approx(0.9)
+
+
+def test_best_additive_accuracy_matches_a_search_over_every_threshold_rule():
+    rng = np.random.default_rng(0)
+    grid = np.linspace(-3, 3, 13)
+    for _ in range(20):
+        probabilities = rng.dirichlet(np.ones(4)).reshape(2, 2)
+        labels = rng.integers(0, 2, size=(2, 2))
+        best = 0.0
+        for a0, a1, b0, b1 in itertools.product(grid, repeat=4):
+            predictions = (np.array([[a0], [a1]]) + np.array([[b0, b1]]) > 0).astype(int)
+            best = max(best, probabilities[predictions == labels].sum())
+        assert best_additive_accuracy(probabilities, labels) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("probabilities, labels, error, words", [
+    (np.full((2, 3), 1 / 6), np.zeros((2, 3), dtype=int), ValueError, "probabilities must have shape"),
+    (EVEN, np.zeros(4, dtype=int), ValueError, "labels must have shape"),
+    (np.full((2, 2), 0.3), np.zeros((2, 2), dtype=int), ValueError, "sum to 1"),
+    (EVEN, np.full((2, 2), 2), ValueError, "labels must be 0 or 1"),
+    (EVEN, np.full((2, 2), 0.5), TypeError, "labels"),
+    (np.array([[0.5, 0.5], [np.nan, 0.0]]), np.zeros((2, 2), dtype=int), ValueError, "probabilities"),
+])
+def test_best_additive_accuracy_refuses_bad_tables(probabilities, labels, error, words):
+    with pytest.raises(error, match=words):
+        best_additive_accuracy(probabilities, labels)

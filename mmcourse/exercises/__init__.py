@@ -24,7 +24,7 @@ hint; they never show the learner a traceback. Autograders pass `raise_on_fail=T
 from . import alignment, challenges, few_shot, reasoning, representation
 from .alignment import (check_cross_attention, check_distillation_targets, check_hard_negative_sampling,
                         check_milnce_loss)
-from .challenges import check_late_fusion, check_lmf_parameter_count, check_tensor_fusion
+from .challenges import check_best_additive_accuracy, check_lmf_weight, check_tensor_fusion
 from .check import CheckResult, ExerciseFailed, check_value, compare, report
 from .few_shot import (check_confident_labels, check_episode_sampler, check_exam_clip_loss, check_exam_cross_attention,
                        check_exam_modality_gap, check_exam_protonet_prediction, check_exam_xor_fusion,

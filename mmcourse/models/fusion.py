@@ -257,6 +257,37 @@ class LowRankFusion(nn.Module):
         return product.sum(1) + self.bias  # (B, out_dim)
 
 
+def low_rank_weight(factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The weight LMF's factors stand for: (prod_m (d_m + 1), out_dim), read by a linear layer on
+    Tensor Fusion's vector, so that `TensorFusion(dims)(x) @ low_rank_weight(lmf.factors) + lmf.bias`
+    equals `lmf(x)`.
+
+    W[..., k] = sum_r w_1^(r)[:, k] (x) ... (x) w_M^(r)[:, k] (Liu et al. 2018), flattened
+    with the first modality varying slowest, as `TensorFusion` flattens z. `factors[m]` is
+    (rank, d_m + 1, out_dim).
+    """
+    factors = _check_factors(factors)
+    weight = factors[0]  # (rank, d_1 + 1, out_dim)
+    for factor in factors[1:]:
+        # (rank, P, 1, out) * (rank, 1, d_m + 1, out) -> (rank, P * (d_m + 1), out): one more outer factor
+        weight = (weight.unsqueeze(2) * factor.unsqueeze(1)).flatten(1, 2)
+    return weight.sum(0)  # (prod_m (d_m + 1), out_dim): the sum of the rank-one terms
+
+
+def _check_factors(factors) -> list[torch.Tensor]:
+    """A list of at least two (rank, d_m + 1, out_dim) tensors sharing rank and out_dim."""
+    if isinstance(factors, torch.Tensor) or not isinstance(factors, (list, tuple, nn.ParameterList)) \
+            or len(factors) < 2:
+        raise TypeError(f"factors must be a list of at least two (rank, d_m + 1, out_dim) tensors, "
+                        f"got {type(factors).__name__}")
+    for m, factor in enumerate(factors):
+        check_tensor(f"factors[{m}]", factor, 3, floating=True)
+        if (factor.shape[0], factor.shape[2]) != (factors[0].shape[0], factors[0].shape[2]):
+            raise ValueError(f"factors[{m}] has shape {tuple(factor.shape)}; every factor must share rank and "
+                             f"out_dim with factors[0] {tuple(factors[0].shape)}")
+    return list(factors)
+
+
 # --------------------------------------------------------------------------------------------
 # Encoders in front, a head behind
 # --------------------------------------------------------------------------------------------
