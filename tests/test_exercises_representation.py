@@ -131,6 +131,17 @@ def test_typical_mistakes_fail_with_a_reason_and_a_hint(check, wrong, kind):
     assert result.hint
 
 
+@pytest.mark.parametrize("check, wrong, sentence", [
+    (check_clip_loss, clip_loss_one_direction, "runs over the rows only"),
+    (check_clip_loss, clip_loss_without_scale, "ignores logit_scale"),
+    (check_zero_shot_classifier, zero_shot_classifier_without_renormalising, "renormalise each class's mean"),
+    (check_hinge_rank_loss, hinge_rank_loss_including_the_true_label, "includes the true label"),
+    (check_recall_at_k, recall_at_k_optimistic_about_ties, "ties in the true candidate's favour"),
+], ids=lambda item: getattr(item, "__name__", ""))
+def test_the_typical_mistake_is_named(check, wrong, sentence):
+    assert sentence in check(wrong).message
+
+
 def test_the_hints_explain_the_exercise():
     assert "arange" in check_clip_loss(clip_loss_one_direction).hint
     assert "renormalise" in check_zero_shot_classifier(zero_shot_classifier_without_renormalising).hint

@@ -71,12 +71,51 @@ def _recall_inputs(gen: torch.Generator) -> tuple:
     return similarity, int(torch.randint(1, size + 1, (1,), generator=gen))
 
 
-CLIP_LOSS = Comparison("clip_loss", clip_loss, _clip_loss_inputs, check_grad=True, hint=HINT_CLIP_LOSS)
+def _clip_loss_rows_only(image_features, text_features, logit_scale):
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    return F.cross_entropy(logits, torch.arange(len(logits)))
+
+
+def _clip_loss_unscaled(image_features, text_features, logit_scale):
+    return clip_loss(image_features, text_features, torch.ones_like(logit_scale))
+
+
+def _zero_shot_not_renormalised(model, classnames, templates):
+    with torch.no_grad():
+        return torch.stack([model.encode_text(model.tokenize([t.format(name) for t in templates]), normalize=True)
+                            .mean(0) for name in classnames], dim=1)
+
+
+def _hinge_rank_with_the_true_label(image_embeddings, label_vectors, targets, margin):
+    scores = image_embeddings @ label_vectors.T  # (B, C)
+    return (margin - scores.gather(1, targets[:, None]) + scores).clamp_min(0).sum(1).mean()
+
+
+def _hinge_rank_mean_over_labels(image_embeddings, label_vectors, targets, margin):
+    return hinge_rank_loss(image_embeddings, label_vectors, targets, margin) / (len(label_vectors) - 1)
+
+
+def _recall_ties_in_favour(similarity, k):
+    true_scores = similarity.diagonal()[:, None]  # (N, 1)
+    return float(((similarity > true_scores).sum(1) < k).float().mean())
+
+
+CLIP_LOSS = Comparison("clip_loss", clip_loss, _clip_loss_inputs, check_grad=True, hint=HINT_CLIP_LOSS, mistakes={
+    "your loss runs over the rows only (image -> text); average it with the columns (text -> image)":
+        _clip_loss_rows_only,
+    "your loss ignores logit_scale; multiply the similarities by it before the softmax": _clip_loss_unscaled})
 ZERO_SHOT_CLASSIFIER = Comparison("zero_shot_classifier", zero_shot_classifier, _zero_shot_inputs,
-                                  hint=HINT_ZERO_SHOT)
+                                  hint=HINT_ZERO_SHOT, mistakes={
+                                      "your columns are means of unit vectors, shorter than one; renormalise each "
+                                      "class's mean": _zero_shot_not_renormalised})
 HINGE_RANK_LOSS = Comparison("hinge_rank_loss", hinge_rank_loss, _hinge_rank_inputs, check_grad=True,
-                             hint=HINT_HINGE_RANK)
-RECALL_AT_K = Comparison("recall_at_k", recall_at_k, _recall_inputs, hint=HINT_RECALL)
+                             hint=HINT_HINGE_RANK, mistakes={
+                                 "your sum includes the true label, which adds the margin for every image; sum "
+                                 "over the wrong labels only": _hinge_rank_with_the_true_label,
+                                 "you average over the wrong labels; DeViSE sums them": _hinge_rank_mean_over_labels})
+RECALL_AT_K = Comparison("recall_at_k", recall_at_k, _recall_inputs, hint=HINT_RECALL, mistakes={
+    "you count ties in the true candidate's favour; a wrong candidate scoring exactly as high ranks above it":
+        _recall_ties_in_favour})
 
 
 def check_clip_loss(clip_loss_fn: Callable, raise_on_fail: bool = False) -> CheckResult:
