@@ -10,7 +10,7 @@ tensors, and fuses them.
   plain averaging, as in Snoek, Worring & Smeulders 2005, "Early versus late fusion in semantic
   video analysis"; or learned weights). Whatever the weights, the fused logit is a *sum* of
   per-modality terms: late fusion cannot represent an interaction such as "positive words in a
-  harsh voice are negative".
+  sarcastic voice are negative".
 - `GatedFusion`: intermediate fusion with a Gated Multimodal Unit (Arevalo et al. 2017), extended
   from two to M modalities: each modality is projected to a hidden state, a gate computed from
   *all* modalities decides, per example and per dimension, how much of each state to keep, and an
