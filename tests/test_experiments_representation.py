@@ -329,3 +329,55 @@ def test_grouped_clip_training_loss_drives_fit(tiny_clip):
     batch = {"image": torch.rand(4, 3, 32, 32), "tokens": tiny_clip.tokenize(["a red circle"] * 4)}
     loss, logged = rep.grouped_clip_training_loss(2)(tiny_clip, batch)
     assert loss.dim() == 0 and loss.requires_grad and set(logged) == {"logit_scale"}
+
+
+# --- no negatives, and a shifted background ---------------------------------------------------
+
+def test_positives_only_loss_is_one_minus_the_paired_cosine():
+    image, text = unit_rows(5), unit_rows(5, seed=3)
+    expected = torch.stack([1 - image[i] @ text[i] for i in range(5)]).mean()
+    torch.testing.assert_close(rep.positives_only_loss(image, text), expected)
+
+
+def test_positives_only_loss_is_minimised_by_a_collapse_that_clip_loss_punishes():
+    one_point = F.normalize(torch.ones(6, 4), dim=-1)  # every image and every caption the same point
+    assert float(rep.positives_only_loss(one_point, one_point)) == pytest.approx(0.0, abs=1e-6)
+    assert float(clip_loss(one_point, one_point, torch.tensor(10.0))) == pytest.approx(math.log(6), rel=1e-5)
+    assert rep.embedding_spread(one_point) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_positives_only_loss_refuses_unpaired_features():
+    with pytest.raises(ValueError, match="expected the same"):
+        rep.positives_only_loss(unit_rows(4), unit_rows(5))
+
+
+def test_positives_only_training_loss_drives_fit(tiny_clip):
+    batch = {"image": torch.rand(4, 3, 32, 32), "tokens": tiny_clip.tokenize(["a red circle"] * 4)}
+    loss, logged = rep.positives_only_training_loss(tiny_clip, batch)
+    assert loss.dim() == 0 and loss.requires_grad and set(logged) == {"logit_scale"}
+
+
+def test_embedding_spread_is_the_mean_cosine_between_different_rows():
+    features = torch.randn(7, 5)
+    unit = F.normalize(features, dim=-1)
+    cosines = unit @ unit.T
+    expected = (cosines.sum() - cosines.diagonal().sum()) / (7 * 6)
+    assert rep.embedding_spread(features) == pytest.approx(float(expected), abs=1e-6)
+    assert rep.embedding_spread(torch.eye(4)) == pytest.approx(0.0, abs=1e-7)  # orthogonal rows
+    with pytest.raises(ValueError, match="N >= 2"):
+        rep.embedding_spread(torch.ones(1, 3))
+
+
+def test_recolor_background_changes_the_background_and_nothing_else():
+    scenes = rep.single_object_scenes(3, 0, [("red", "circle")])
+    images = rep.render_images(scenes, 32)  # (3, 3, 32, 32)
+    shifted = rep.recolor_background(images, (60, 60, 60))
+    changed = (shifted != images).any(1)  # (3, 32, 32)
+    background = (images - torch.tensor([240.0, 240.0, 240.0])[:, None, None] / 255).abs().amax(1) < 1e-6
+    assert torch.equal(changed, background) and background.float().mean() > 0.5
+    torch.testing.assert_close(shifted[:, :, ~background[0]][0], images[:, :, ~background[0]][0])
+    torch.testing.assert_close(shifted.movedim(1, -1)[background], torch.full((int(background.sum()), 3), 60 / 255))
+    with pytest.raises(ValueError, match="rgb"):
+        rep.recolor_background(images, (300, 0, 0))
+    with pytest.raises(ValueError, match="images"):
+        rep.recolor_background(images[0], (0, 0, 0))

@@ -10,7 +10,11 @@ This module holds what the experiments need around them:
 - Image-caption pairs of world scenes: a caption that lists every object (it identifies its scene,
   for retrieval) plus the world's own captions, which name a few attributes at a time.
 - The number of negatives on its own: a CLIP loss over groups of a batch (`grouped_clip_loss`),
-  so two runs can share every batch and step and differ only in how many negatives a pair meets.
+  so two runs can share every batch and step and differ only in how many negatives a pair meets;
+  and no negatives at all (`positives_only_loss`), which lets the embeddings collapse
+  (`embedding_spread` measures it).
+- A distribution shift at test time: the same scenes on another background (`recolor_background`),
+  the kind of shift under which Radford et al. (2021) measured CLIP's zero-shot robustness.
 - Measurements: the label-space distance of DeViSE's mistakes (Frome et al. 2013 argue that its
   errors are "more semantically reasonable"), embedding arithmetic (the multimodal analogies of
   Kiros et al. 2014), and the modality gap between image and text embeddings (Liang et al. 2022,
@@ -33,7 +37,7 @@ from ..models.clip import clip_loss
 from ..world.datasets import images_to_tensor
 from ..world.language import Caption, default_tokenizer, describe_with_spans, split_words
 from ..world.render import render_batch
-from ..world.scene import Scene, check_count, check_seed, get_preset, sample_scenes, scene_rng
+from ..world.scene import BACKGROUND_RGB, Scene, check_count, check_seed, get_preset, sample_scenes, scene_rng
 
 Pair = tuple[str, str]  # (colour, shape)
 
@@ -398,10 +402,7 @@ def grouped_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     `group_size == B` is `clip_loss`; `group_size == 1` is 0 (nothing to tell apart).
     """
     group_size = check_count("group_size", group_size, 1)
-    if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor) \
-            or image_features.shape != text_features.shape:
-        raise ValueError(f"image_features has shape {tuple(getattr(image_features, 'shape', ()))} and text_features "
-                         f"{tuple(getattr(text_features, 'shape', ()))}; expected the same (B, D), pair i in row i")
+    _check_paired_features(image_features, text_features)
     batch = len(image_features)
     if batch % group_size:
         raise ValueError(f"group_size={group_size} does not divide the batch of {batch} pairs; choose a batch "
@@ -422,3 +423,51 @@ def grouped_clip_training_loss(group_size: int):
             "logit_scale": logit_scale.detach()}
 
     return loss_fn
+
+
+def positives_only_loss(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """mean_i (1 - cos(image_i, text_i)): the contrastive loss with its negatives taken away.
+
+    (B, D) L2-normalised features, pair i in row i. Nothing in it pushes different pairs apart, so
+    one point for every image and every caption minimises it: the embeddings collapse.
+    """
+    _check_paired_features(image_features, text_features)
+    return (1 - (image_features * text_features).sum(-1)).mean()
+
+
+def positives_only_training_loss(model, batch: dict):
+    """A `fit` loss_fn for the course's CLIP over {"image", "tokens"} batches: `positives_only_loss`."""
+    image_features, text_features, logit_scale = model(batch["image"], batch["tokens"])  # (B, D), (B, D), ()
+    return positives_only_loss(image_features, text_features), {"logit_scale": logit_scale.detach()}
+
+
+def embedding_spread(features: torch.Tensor) -> float:
+    """Mean cosine similarity between the L2-normalised embeddings of different rows of (N, D)
+    `features`, N >= 2: 1.0 when all of them are one point (collapse), near 0 when spread out."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or len(features) < 2:
+        raise ValueError(f"features must be an (N, D) tensor with N >= 2, got "
+                         f"{getattr(features, 'shape', type(features).__name__)}")
+    unit = F.normalize(features.float(), dim=-1)  # (N, D)
+    n = len(unit)
+    total = unit.sum(0)  # (D,): sum_i sum_j cos(i, j) = |sum_i u_i|^2, the diagonal adds n
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def recolor_background(images: torch.Tensor, rgb: Sequence[int]) -> torch.Tensor:
+    """(N, 3, H, W) images in [0, 1] with every pixel of the world's background colour set to `rgb`
+    (three ints in 0..255). The objects, and the blend of their anti-aliased edges, stay as drawn."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be an (N, 3, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+    if len(rgb) != 3 or not all(isinstance(v, numbers.Integral) and 0 <= v <= 255 for v in rgb):
+        raise ValueError(f"rgb must be three ints in 0..255, got {rgb!r}")
+    background = torch.tensor(BACKGROUND_RGB, dtype=images.dtype, device=images.device).div(255)[:, None, None]
+    is_background = (images - background).abs().amax(1, keepdim=True) < 0.5 / 255  # (N, 1, H, W)
+    color = torch.tensor(tuple(rgb), dtype=images.dtype, device=images.device).div(255)[:, None, None]  # (3, 1, 1)
+    return torch.where(is_background, color, images)
+
+
+def _check_paired_features(image_features, text_features) -> None:
+    if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor) \
+            or image_features.dim() != 2 or image_features.shape != text_features.shape:
+        raise ValueError(f"image_features has shape {tuple(getattr(image_features, 'shape', ()))} and text_features "
+                         f"{tuple(getattr(text_features, 'shape', ()))}; expected the same (B, D), pair i in row i")
