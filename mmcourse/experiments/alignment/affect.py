@@ -73,9 +73,12 @@ def affect_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, 
     return F.cross_entropy(logits, batch["label"]), {"accuracy": accuracy}
 
 
-def train_affect_model(model: nn.Module, dataset: AffectDataset, epochs: int, lr: float = 3e-3,
+def train_affect_model(model: nn.Module, dataset: AffectDataset, epochs: int, lr: float = 1e-3,
                        batch_size: int = 64, seed: int = 0, device=None, progress: bool = False) -> History:
-    """Train `model` in place with Adam on shuffled batches (order drawn from `seed`); its History."""
+    """Train `model` in place with Adam on shuffled batches (order drawn from `seed`); its History.
+
+    The default learning rate suits both models on the sarcasm task: at 3e-3 MulT stayed at chance on
+    the interaction examples (5,000 examples, 12 epochs), at 1e-3 it solves them."""
     _check_int("batch_size", batch_size, 1)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(_check_int("seed", seed, 0)))
