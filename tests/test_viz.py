@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from mmcourse.viz import (contact_sheet, draw_scene, overlay_heatmap, overlay_object_weights, plot_history,  # noqa: E402
-                          scene_grid, show, upsample_nearest, word_weights)
+from mmcourse.viz import (contact_sheet, draw_box, draw_scene, overlay_heatmap, overlay_object_weights,  # noqa: E402
+                          plot_history, scene_grid, show, upsample_nearest, word_weights)
 from mmcourse.world.render import render  # noqa: E402
 from mmcourse.world.scene import sample_scenes  # noqa: E402
 
@@ -283,3 +283,17 @@ def test_markdown_table_formats_floats_and_refuses_ragged_rows():
                                   "| ProtoNet | 0.98 | 3 |", "| pixels | 0.90 | 1 |"]
     with pytest.raises(ValueError, match=r"rows\[1\] has 2 cells; expected 3"):
         markdown_table(["a", "b", "c"], [[1, 2, 3], [1, 2]])
+
+
+def test_draw_box_is_a_black_line_over_a_white_one():
+    fig, ax = plt.subplots()
+    draw_box(ax, (2, 3, 10, 7), dashed=True)
+    white, black = ax.patches
+    assert white.get_edgecolor()[:3] == (1.0, 1.0, 1.0) and black.get_edgecolor()[:3] == (0.0, 0.0, 0.0)
+    assert white.get_linewidth() > black.get_linewidth() and black.get_linestyle() == "--"
+    assert (black.get_x(), black.get_y(), black.get_width(), black.get_height()) == (2, 3, 8, 4)
+    draw_box(ax, (0, 0, 1, 1))
+    assert ax.patches[-1].get_linestyle() == "-"
+    with pytest.raises(ValueError, match="box must be"):
+        draw_box(ax, (0, 0, 1))
+    plt.close(fig)

@@ -66,6 +66,17 @@ def draw_scene(scene_or_rendered: Scene | Rendered, ax: Axes | None = None, size
     return ax
 
 
+def draw_box(ax: Axes, box: Sequence[float], dashed: bool = False, linewidth: float = 1.5) -> None:
+    """Outline `box` = (x0, y0, x1, y1), in the axes' data coordinates, so that it shows on any
+    picture and clashes with no object's colour: a black line, solid or dashed, over a white one."""
+    if len(box) != 4:
+        raise ValueError(f"box must be (x0, y0, x1, y1), got {tuple(box)!r}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    for color, style, width in (("white", "-", 2 * linewidth), ("black", "--" if dashed else "-", linewidth)):
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linestyle=style,
+                               linewidth=width))
+
+
 def scene_grid(scenes: Sequence[Scene | Rendered], captions: Sequence[str] | None = None, ncols: int = 4,
                size: int | None = None, boxes: bool = False) -> Figure:
     """A figure with one panel per scene, `ncols` panels a row, each titled by its caption (or index)."""
