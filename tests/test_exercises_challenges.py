@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mmcourse.exercises as exercises
+from challenge_answers import BEST_ADDITIVE, LMF_WEIGHT, answer
 from mmcourse.exercises import ExerciseFailed, check_best_additive_accuracy, check_lmf_weight, check_tensor_fusion
 
 
@@ -27,11 +28,7 @@ def tensor_fusion_detached(video, audio, text):
     return tensor_fusion(video, audio, text.detach())
 
 
-def lmf_weight(factors):
-    weight = factors[0]
-    for factor in factors[1:]:
-        weight = torch.einsum("rpk,rik->rpik", weight, factor).flatten(1, 2)
-    return weight.sum(0)
+lmf_weight = answer(LMF_WEIGHT)
 
 
 def lmf_weight_last_modality_slowest(factors):
@@ -50,15 +47,7 @@ def lmf_weight_detached(factors):
     return lmf_weight([*factors[:-1], factors[-1].detach()])
 
 
-def best_additive_accuracy(probabilities, labels):
-    best = 0.0
-    for code in range(16):
-        predictions = torch.tensor([(code >> k) & 1 for k in range(4)]).view(2, 2)
-        xor = (predictions[0, 0] == predictions[1, 1] and predictions[0, 1] == predictions[1, 0]
-               and predictions[0, 0] != predictions[0, 1])
-        if not xor:
-            best = max(best, float(probabilities[predictions == labels].sum()))
-    return best
+best_additive_accuracy = answer(BEST_ADDITIVE)
 
 
 def best_additive_accuracy_of_every_labelling(probabilities, labels):

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import torch
 
+from challenge_answers import BEST_ADDITIVE, LMF_WEIGHT
 from mmcourse import cli
 from mmcourse.grading import (GRADER_CELL, _verdict, _with_grader_cells, assign, grade, read_exercises, review,
                               strip_solutions)
@@ -21,26 +22,6 @@ SOLUTION = """def double(x):
     ### END SOLUTION
 """
 
-LMF_WEIGHT = """def lmf_weight(factors):
-    ### BEGIN SOLUTION
-    weight = factors[0]
-    for factor in factors[1:]:
-        weight = torch.einsum("rpk,rik->rpik", weight, factor).flatten(1, 2)
-    return weight.sum(0)
-    ### END SOLUTION
-"""
-BEST_ADDITIVE = """def best_additive_accuracy(probabilities, labels):
-    ### BEGIN SOLUTION
-    best = 0.0
-    for code in range(16):
-        predictions = torch.tensor([(code >> k) & 1 for k in range(4)]).view(2, 2)
-        xor = (predictions[0, 0] == predictions[1, 1] and predictions[0, 1] == predictions[1, 0]
-               and predictions[0, 0] != predictions[0, 1])
-        if not xor:
-            best = max(best, float(probabilities[predictions == labels].sum()))
-    return best
-    ### END SOLUTION
-"""
 SAMPLER = """def my_sample_hard_negatives(similarity, generator=None):
     ### BEGIN SOLUTION
     diagonal = torch.eye(len(similarity), dtype=torch.bool)
