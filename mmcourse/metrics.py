@@ -21,6 +21,7 @@ region. A constant similarity matrix or a uniform attention map therefore earns 
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -306,16 +307,6 @@ def attention_grounding(attention: Any, region: Any) -> dict[str, float]:
     return {"mass_inside": float(mass_inside.mean()), "pointing_game": float(hits.mean())}
 
 
-__all__ = [
-    "accuracy",
-    "confusion_matrix",
-    "recall_at_k",
-    "retrieval_recalls",
-    "iou_per_class",
-    "mean_iou",
-    "mask_coverage",
-    "attention_grounding",
-]
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +314,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 # Term values that make every labelling a sum a_i + b_j > 0 can make on a 2 x 2 table.
-_ADDITIVE_TERMS = (-1.5, -0.5, 0.5, 1.5)
+_ADDITIVE_TERMS = np.array([-1.5, -0.5, 0.5, 1.5])
 
 
 def best_additive_accuracy(probabilities: Any, labels: Any) -> float:
@@ -336,10 +327,9 @@ def best_additive_accuracy(probabilities: Any, labels: Any) -> float:
     """
     probabilities, labels = _check_factor_table(probabilities, labels)
     best = 0.0
-    for a in np.array(np.meshgrid(_ADDITIVE_TERMS, _ADDITIVE_TERMS)).reshape(2, -1).T:      # (a_0, a_1)
-        for b in np.array(np.meshgrid(_ADDITIVE_TERMS, _ADDITIVE_TERMS)).reshape(2, -1).T:  # (b_0, b_1)
-            predictions = (a[:, None] + b[None, :] > 0).astype(np.int64)  # (2, 2)
-            best = max(best, float(probabilities[predictions == labels].sum()))
+    for a0, a1, b0, b1 in itertools.product(_ADDITIVE_TERMS, repeat=4):
+        predictions = (np.array([[a0], [a1]]) + np.array([[b0, b1]]) > 0).astype(np.int64)  # (2, 2): a_i + b_j > 0
+        best = max(best, float(probabilities[predictions == labels].sum()))
     return best
 
 
@@ -354,3 +344,16 @@ def _check_factor_table(probabilities: Any, labels: Any) -> tuple[np.ndarray, np
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"labels must be 0 or 1, got {labels.tolist()}")
     return probabilities, labels
+
+
+__all__ = [
+    "accuracy",
+    "confusion_matrix",
+    "recall_at_k",
+    "retrieval_recalls",
+    "iou_per_class",
+    "mean_iou",
+    "mask_coverage",
+    "attention_grounding",
+    "best_additive_accuracy",
+]
