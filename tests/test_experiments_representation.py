@@ -156,6 +156,22 @@ def test_phrase_queries_name_exactly_one_object():
     assert rep.phrase_queries([scene], [("yellow", "circle")]) == []
 
 
+def test_phrase_tokens_mark_the_content_words_of_each_phrase():
+    ids, words = rep.phrase_tokens(["the red square", "a large blue outline circle", "glowing thing"], length=8)
+    tokenizer = default_tokenizer()
+    assert ids.shape == words.shape == (3, 8) and ids.dtype == torch.int64 and words.dtype == torch.bool
+    assert tokenizer.decode(ids[0]) == "the red square"
+    assert [tokenizer.itos[i] for i in ids[0][words[0]].tolist()] == ["red", "square"]
+    assert [tokenizer.itos[i] for i in ids[1][words[1]].tolist()] == ["large", "blue", "outline", "circle"]
+    assert [tokenizer.itos[i] for i in ids[2][words[2]].tolist()] == ["<unk>", "thing"]  # unknown words still count
+    assert words.sum(1).tolist() == [2, 4, 2]
+    for bad, word in ((["the"], "besides articles"), ("the red square", "list of str"), ([], "list of str")):
+        with pytest.raises(ValueError, match=word):
+            rep.phrase_tokens(bad)
+    with pytest.raises(ValueError, match="length"):
+        rep.phrase_tokens(["the red square"], length=4)
+
+
 def test_render_images_gives_float_tensors():
     images = rep.render_images(rep.single_object_scenes(3, 0, [("red", "circle")]), 32)
     assert images.shape == (3, 3, 32, 32) and images.dtype == torch.float32

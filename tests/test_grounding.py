@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mmcourse.models.encoders import ConvImageEncoder, TextTransformer
-from mmcourse.models.grounding import (PhraseGrounder, ground, grounding_accuracy, grounding_loss,
+from mmcourse.models.grounding import (PhraseGrounder, box_scores, ground, grounding_accuracy, grounding_loss,
                                        grounding_targets, word_region_alignment_loss)
 from mmcourse.train import fit
 from mmcourse.world import datasets, describe_with_spans, render, sample_scenes
@@ -199,6 +199,18 @@ def test_ground_picks_the_box_with_the_best_mean_word_score():
                   torch.tensor([[True, True, False]])).item() == 0
 
 
+def test_box_scores_are_mean_word_scores_with_ruled_out_boxes_at_minus_infinity():
+    class FixedScores(torch.nn.Module):
+        def forward(self, images, boxes, ids):
+            return torch.tensor([[[5.0, 0.0, -9.0], [1.0, 2.0, 9.0], [9.0, 9.0, -20.0]]])  # (1, K=3, L=3)
+
+    model, images, boxes, ids = FixedScores(), torch.rand(1, 3, 32, 32), torch.zeros(1, 3, 4), torch.ones(1, 3).long()
+    scores = box_scores(model, images, boxes, ids, torch.tensor([[True, True, False]]),
+                        torch.tensor([[True, False, True]]))
+    torch.testing.assert_close(scores, torch.tensor([[2.5, float("-inf"), 9.0]]))
+    assert scores.softmax(1)[0, 1] == 0  # a ruled-out box gets no probability
+
+
 def test_grounding_accuracy_counts_iou_at_the_threshold():
     true = torch.tensor([[0.0, 0, 10, 10]] * 3)
     pred = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 4]])  # IoU 1, 0.5, 0.4
@@ -236,6 +248,7 @@ def bad_calls():
         (lambda: ground(model, images, boxes, ids, torch.zeros(2, 4, dtype=torch.bool)), ValueError, "phrase_mask"),
         (lambda: ground(model, images, boxes, ids, tokens[:, :2]), ValueError, "phrase_mask"),
         (lambda: ground(model, images, boxes, ids, tokens, ~region), ValueError, "region_mask"),
+        (lambda: box_scores(model, images, boxes, ids, tokens, region[:1]), ValueError, "region_mask"),
         (lambda: grounding_accuracy(boxes[0], boxes[0][:, :3]), ValueError, "pred_boxes"),
         (lambda: grounding_accuracy(boxes[0], boxes[0], iou_threshold=0), ValueError, "iou_threshold"),
         (lambda: grounding_accuracy(boxes[0].long(), boxes[0]), TypeError, "pred_boxes"),

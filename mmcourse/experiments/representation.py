@@ -207,6 +207,24 @@ def phrase_queries(scenes: Sequence[Scene], pairs: Sequence[Pair]) -> list[tuple
     return queries
 
 
+ARTICLES = frozenset({"a", "an", "the"})  # words that name no object, left out of a phrase's grounding score
+
+
+def phrase_tokens(phrases: Sequence[str], length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The world tokenizer's `<bos>`..`<eos>` ids of `phrases`, (N, length) int64, and the (N, length)
+    bool mask of their content words (every word but the wrap, the padding and the articles): the
+    `phrase_ids` and `phrase_mask` that `models.grounding.box_scores` and `ground` take."""
+    if isinstance(phrases, str) or not phrases or not all(isinstance(phrase, str) for phrase in phrases):
+        raise ValueError(f"phrases must be a non-empty list of str, got {phrases!r}")
+    empty = [phrase for phrase in phrases if not set(split_words(phrase)) - ARTICLES]
+    if empty:
+        raise ValueError(f"phrases {empty!r} hold no word besides articles; a phrase must name something")
+    tokenizer = default_tokenizer()
+    ids = torch.from_numpy(tokenizer.encode_batch(list(phrases), check_count("length", length, 3), "bos_eos"))
+    skipped = [tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id] + [tokenizer.stoi[word] for word in ARTICLES]
+    return ids, ~torch.isin(ids, torch.tensor(skipped))
+
+
 def render_images(scenes: Sequence[Scene], image_size: int) -> torch.Tensor:
     """(N, 3, H, W) float images in [0, 1] of `scenes`."""
     return images_to_tensor(render_batch(list(scenes), check_count("image_size", image_size, 1)))

@@ -23,7 +23,7 @@ version keeps that core and drops what needs scale:
   answers (which of these boxes?) and trains faster: about 0.68 vs 0.50 held-out accuracy after
   300 steps in our runs with a per-pair binary cross-entropy.
 
-Zero-shot grounding (`ground`): a phrase's score for a box is the mean alignment logit of the
+Zero-shot grounding (`box_scores`, `ground`): a phrase's score for a box is the mean alignment logit of the
 phrase's words with that box; the best box wins. Since each word's softmax over boxes differs from
 its logits by a per-word constant, this picks the box that maximises the product of the words'
 probabilities: "red" and "circle" each vote, and a box must please both. `grounding_accuracy` counts a prediction right
@@ -159,29 +159,41 @@ def grounding_loss(model: PhraseGrounder, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ground(model: PhraseGrounder, images: torch.Tensor, boxes: torch.Tensor, phrase_ids: torch.Tensor,
-           phrase_mask: torch.Tensor | None = None, region_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) index of the box that the phrase of each image names best.
+def box_scores(model: PhraseGrounder, images: torch.Tensor, boxes: torch.Tensor, phrase_ids: torch.Tensor,
+               phrase_mask: torch.Tensor | None = None, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) score of every box for the phrase of its image: the mean alignment logit of the
+    phrase's words with the box (-inf for a box `region_mask` rules out).
 
-    A box's score is the mean alignment logit of the phrase's words with it. `phrase_mask` (B, L)
-    picks those words (default: every non-padding token; pass it to leave out the `<bos>`/`<eos>`
-    wrap or the rest of a longer expression); `region_mask` (B, K) rules out padding boxes.
+    `phrase_mask` (B, L) picks those words (default: every non-padding token; pass it to leave out
+    the `<bos>`/`<eos>` wrap or the rest of a longer expression); `region_mask` (B, K) marks the
+    real boxes among padding. A softmax over a row gives the phrase's probability for each box.
     """
     scores = model(images, boxes, phrase_ids)  # (B, K, L)
-    batch, regions, length = scores.shape
     if phrase_mask is None:
         phrase_mask = model.word_features(phrase_ids)[1]
+    phrase_mask, region_mask = _check_selections(phrase_mask, region_mask, scores.shape)
+    weights = phrase_mask.to(scores.dtype)[:, None, :]  # (B, 1, L)
+    box_score = (scores * weights).sum(2) / weights.sum(2)  # (B, K)
+    return box_score if region_mask is None else box_score.masked_fill(~region_mask, float("-inf"))
+
+
+def ground(model: PhraseGrounder, images: torch.Tensor, boxes: torch.Tensor, phrase_ids: torch.Tensor,
+           phrase_mask: torch.Tensor | None = None, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) index of the box that the phrase of each image names best: the argmax of `box_scores`."""
+    return box_scores(model, images, boxes, phrase_ids, phrase_mask, region_mask).argmax(1)
+
+
+def _check_selections(phrase_mask, region_mask, score_shape) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Refuse word or box selections of the wrong shape, or ones that select nothing in some row."""
+    batch, regions, length = score_shape
     _check_mask("phrase_mask", phrase_mask, (batch, length))
     if not phrase_mask.any(1).all():
         raise ValueError("phrase_mask has a row with no word selected; every phrase needs at least one")
-    weights = phrase_mask.to(scores.dtype)[:, None, :]  # (B, 1, L)
-    box_scores = (scores * weights).sum(2) / weights.sum(2)  # (B, K)
     if region_mask is not None:
         _check_mask("region_mask", region_mask, (batch, regions))
         if not region_mask.any(1).all():
             raise ValueError("region_mask has a row with no box; every image needs at least one box")
-        box_scores = box_scores.masked_fill(~region_mask, float("-inf"))
-    return box_scores.argmax(1)
+    return phrase_mask, region_mask
 
 
 def grounding_accuracy(pred_boxes: torch.Tensor, true_boxes: torch.Tensor,
