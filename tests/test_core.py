@@ -55,6 +55,26 @@ def test_non_string_scale_is_rejected():
         course_config(3)
 
 
+def test_course_config_sets_the_threads_asked_for_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv("MMCOURSE_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert course_config("ci", threads=1).threads == 1 == torch.get_num_threads()
+        assert course_config("ci").threads == 1  # None leaves the count as it is
+        monkeypatch.setenv("MMCOURSE_THREADS", "2")
+        assert course_config("ci", threads=1).threads == 2 == torch.get_num_threads()
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv("MMCOURSE_THREADS", bad)
+            with pytest.raises(ValueError, match="MMCOURSE_THREADS"):
+                course_config("ci")
+        monkeypatch.delenv("MMCOURSE_THREADS")
+        for bad in (0, 1.5, True, "1"):
+            with pytest.raises(ValueError, match="threads"):
+                course_config("ci", threads=bad)
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- device -------------------------------------------------------------------------------------
 
 def test_get_device_prefers_accelerators():
