@@ -77,7 +77,7 @@ def overlay_object_weights(image, boxes, weights, ax: Axes | None = None, title:
         share = weight / scale
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=colors(share), alpha=0.15 + 0.6 * share,
                                edgecolor=colors(share), linewidth=1.5))
-        ax.text(x0, y0, f"{weight:.2f}", color="white", fontsize=7, ha="left", va="bottom", clip_on=False,
+        ax.text(x0, y0, f"{weight:.2f}", color="white", fontsize=9, ha="left", va="bottom", clip_on=False,
                 bbox=dict(facecolor="black", edgecolor="none", pad=1.0, alpha=0.7))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
@@ -94,7 +94,7 @@ def word_weights(words, weights, ax: Axes | None = None, title: str | None = Non
     title = check_optional_str("title", title)
     ax = axes_or_new(ax, figsize=(max(3.0, 0.45 * len(words)), 2.2))
     ax.bar(range(len(words)), weights, color="tab:purple")
-    ax.set_xticks(range(len(words)), words, rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(range(len(words)), words, rotation=60, ha="right", fontsize=9)
     ax.set_ylabel("weight")
     ax.set_title(title if title is not None else "attention over the words", fontsize=9)
     return ax

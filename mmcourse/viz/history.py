@@ -39,7 +39,7 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None, ax:
     ax.set_ylabel("value")
     ax.set_title("training history")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return ax
 
 

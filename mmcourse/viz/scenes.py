@@ -56,7 +56,7 @@ def draw_scene(scene_or_rendered: Scene | Rendered, ax: Axes | None = None, size
         if boxes:
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
         if labels:
-            ax.text(x0, y0, str(i), color="white", fontsize=7, ha="left", va="bottom", clip_on=False,
+            ax.text(x0, y0, str(i), color="white", fontsize=9, ha="left", va="bottom", clip_on=False,
                     bbox=dict(facecolor=color, edgecolor="none", pad=1.0))
     title = caption if caption is not None else f"scene with {len(rendered.scene)} objects"
     ax.set_title(textwrap.fill(title, CAPTION_WIDTH), fontsize=9)
