@@ -35,10 +35,25 @@ Performance: the loss and the logged values are summed on the device and read on
 every `BAR_EVERY` batches while a progress bar shows), so the GPU is not stalled by a `.item()` per
 batch. The check for a non-finite loss is read at the same moments; its error names the first bad
 batch.
+
+Several processes. Started by `torchrun --nproc_per_node N script.py`, where the script calls
+`torch.distributed.init_process_group(...)` before `fit`, the same call trains with distributed data
+parallelism (`mmcourse.distributed.is_distributed()` tells). Each rank takes its GPU (LOCAL_RANK)
+when the device is "cuda"; the training loader gets a `DistributedSampler`, so each rank reads its
+own share of every epoch and the global batch is N times the loader's `batch_size`; the whole
+`loss_fn(model, batch)` runs as the forward of `DistributedDataParallel` (which averages only the
+gradients of what runs in its forward, while losses call `model.encode_image` and the like), so the
+ranks start from rank 0's weights and average their gradients after each backward pass; the epoch's
+logged means cover the batches of all ranks, so every rank returns the same History and the same
+weights, in the caller's `model`. Rank 0 alone shows the progress bar, calls `log` and writes
+checkpoints. For a contrastive loss whose negatives should come from every rank, use
+`mmcourse.distributed.distributed_clip_loss`. Without a process group, or with one process, none of
+this happens and nothing changes.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -54,10 +69,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from mmcourse.device import autocast, get_device, is_accelerator, needs_grad_scaler
+from mmcourse.distributed import broadcast_buffers, gather_objects, is_distributed, mean_over_ranks, rank
 
 DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.0
@@ -210,11 +229,26 @@ class _RunningMeans:
         index = int(self.first_bad_batch)
         return index if index >= 0 else None
 
-    def means(self) -> dict[str, float]:
+    def totals(self) -> dict[str, float]:
+        """name -> weighted sum, read from the device."""
         if not self.sums:
             return {}
         totals = torch.stack(list(self.sums.values())).tolist()  # one device sync for all names
-        return {name: total / self.weights[name] for name, total in zip(self.sums, totals)}
+        return dict(zip(self.sums, totals))
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.weights[name] for name, total in self.totals().items()}
+
+    def add_other_ranks(self) -> None:
+        """Fold every rank's sums, weights and first bad batch into this rank's, so that `means()` and
+        `bad_batch()` speak for the batches of all ranks, alike on every rank. Every rank must call it."""
+        everyone = gather_objects((self.totals(), self.weights, self.bad_batch()))
+        names = dict.fromkeys(name for totals, _, _ in everyone for name in totals)  # a batch may log fewer names
+        self.sums = {name: torch.tensor(sum(totals.get(name, 0.0) for totals, _, _ in everyone), device=self.device)
+                     for name in names}
+        self.weights = {name: sum(weights.get(name, 0) for _, weights, _ in everyone) for name in names}
+        bad_batches = [bad for _, _, bad in everyone if bad is not None]
+        self.first_bad_batch = torch.tensor(min(bad_batches, default=-1), device=self.device)
 
 
 def _parse_loss_output(output: Any, where: str, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -485,12 +519,19 @@ def fit(
       included) and starts afresh when it does not.
     - `progress`: a tqdm bar over all batches; `False` prints nothing at all.
     - `log(record)` is called with each epoch's record.
+    - In a process group of several ranks (`torchrun`), every rank calls `fit` alike and trains its
+      share of each epoch; see "Several processes" in the module docstring. `train_loader` must then
+      be a DataLoader, with its default sampler or a `DistributedSampler`; `evaluate` runs on every
+      rank and its values are averaged over the ranks; `resume` loads rank 0's checkpoint on every rank.
 
     Returns the `History`, and leaves the model in eval mode, ready for inference.
     """
     device = get_device(device)
     _check_fit_arguments(model, loss_fn, epochs, optimizer, lr, weight_decay, grad_clip, scheduler_every,
                          evaluate, val_loader, checkpoint_path, resume, log)
+    distributed, main = is_distributed(), rank() == 0
+    if distributed:
+        device, train_loader = _rank_device(device), _sharded_loader(train_loader)
     model.to(device)
     if optimizer is None:
         optimizer = _default_optimizer(model, lr, weight_decay)
@@ -505,27 +546,35 @@ def fit(
             raise ValueError(f"epochs={epochs} but the checkpoint {checkpoint_path} has already "
                              f"{start_epoch} epochs; epochs counts all epochs, those done included")
 
-    bar = tqdm(total=_total_batches(train_loader, epochs - start_epoch), disable=not progress, unit="batch")
+    compute_loss = _data_parallel_loss(model, loss_fn, device) if distributed else functools.partial(loss_fn, model)
+    bar = tqdm(total=_total_batches(train_loader, epochs - start_epoch), disable=not (progress and main),
+               unit="batch")
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             started = time.perf_counter()
             bar.set_description(f"epoch {epoch}/{epochs}")
+            if distributed:
+                train_loader.sampler.set_epoch(epoch)  # another shuffle each epoch, the same on every rank
             record = {"epoch": epoch}
-            record.update(_train_one_epoch(model, train_loader, loss_fn, optimizer, scaler, device, amp,
+            record.update(_train_one_epoch(model, compute_loss, train_loader, optimizer, scaler, device, amp,
                                            grad_clip, scheduler if scheduler_every == "batch" else None,
                                            epoch, bar))
+            broadcast_buffers(model)  # every rank evaluates, saves and returns rank 0's model
             if evaluate is not None:
                 record.update(_run_evaluate(model, evaluate, val_loader))
             if scheduler is not None and scheduler_every == "epoch":
                 scheduler.step()
-            record["seconds"] = time.perf_counter() - started
+            record.update(mean_over_ranks({"seconds": time.perf_counter() - started}))
             history.append(record)
             bar.set_postfix({name: f"{value:.4g}" for name, value in record.items()
                              if name not in ("epoch", "lr", "seconds")})
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch, history=history,
-                                scaler=scaler, loader=train_loader)
-            if log is not None:
+                if main:
+                    save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch, history=history,
+                                    scaler=scaler, loader=train_loader)
+                if distributed:
+                    dist.barrier()  # no rank goes on before the checkpoint is complete
+            if log is not None and main:
                 log(record)
     finally:
         bar.close()
@@ -596,9 +645,10 @@ def _total_batches(loader: Iterable, epochs: int) -> int | None:
         return None
 
 
-def _train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, grad_clip, batch_scheduler,
+def _train_one_epoch(model, compute_loss, loader, optimizer, scaler, device, amp, grad_clip, batch_scheduler,
                      epoch, bar) -> dict[str, float]:
-    """One pass over `loader`; returns {"train_loss", logged names..., "grad_norm"?, "lr"}."""
+    """One pass over `loader`, `compute_loss(batch)` calling the loss_fn on `model`; returns
+    {"train_loss", logged names..., "grad_norm"?, "lr"}, over the batches of every rank."""
     model.train()
     running = _RunningMeans(device)
     lr = optimizer.param_groups[0]["lr"]
@@ -608,7 +658,7 @@ def _train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, gra
         batch = to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss, logged = _parse_loss_output(loss_fn(model, batch), f"epoch {epoch}, batch {batch_index}", device)
+            loss, logged = _parse_loss_output(compute_loss(batch), f"epoch {epoch}, batch {batch_index}", device)
         if not loss.requires_grad:
             raise ValueError(f"the loss returned by loss_fn does not require grad at epoch {epoch}, batch "
                              f"{batch_index}: it is not connected to any trainable parameter")
@@ -630,6 +680,8 @@ def _train_one_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, gra
             bar.set_postfix(loss=f"{running.means()['train_loss']:.4g}")
     if batch_index < 0:
         raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
+    if is_distributed():
+        running.add_other_ranks()
     _raise_if_bad_loss(running, epoch)
     means = running.means()
     grad_norm = means.pop("grad_norm", None)
@@ -644,7 +696,8 @@ def _raise_if_bad_loss(running: _RunningMeans, epoch: int) -> None:
 
 
 def _run_evaluate(model: nn.Module, evaluate: Evaluate, val_loader: Iterable) -> dict[str, float]:
-    """`evaluate(model, val_loader)` in eval mode without gradients, names prefixed "val_"."""
+    """`evaluate(model, val_loader)` in eval mode without gradients, names prefixed "val_", averaged over
+    the ranks of a process group (each rank evaluates the same model)."""
     model.eval()
     try:
         with torch.no_grad():
@@ -653,7 +706,8 @@ def _run_evaluate(model: nn.Module, evaluate: Evaluate, val_loader: Iterable) ->
         model.train()
     if not isinstance(metrics, Mapping):
         raise TypeError(f"evaluate must return a mapping of name -> number, got {type(metrics).__name__}")
-    return {f"val_{name}": _as_float(value, f"evaluate()[{name!r}]") for name, value in metrics.items()}
+    metrics = {f"val_{name}": _as_float(value, f"evaluate()[{name!r}]") for name, value in metrics.items()}
+    return mean_over_ranks(metrics)
 
 
 def _as_float(value: Any, what: str) -> float:
@@ -684,6 +738,105 @@ def loss_evaluator(loss_fn: LossFn, amp: bool = False) -> Evaluate:
         return means
 
     return evaluate
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes (torchrun)
+# --------------------------------------------------------------------------------------------
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """This rank's device: "cuda" without an index becomes the GPU numbered LOCAL_RANK (which torchrun
+    sets; the current GPU without it), made current for the collectives; other devices stay as given."""
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s): start one process per GPU (torchrun --nproc_per_node <GPUs>)")
+        device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def _sharded_loader(loader: Any) -> DataLoader:
+    """`loader` reading this rank's share of every epoch.
+
+    A DataLoader with a DistributedSampler is used as it is. One with its default sampler is rebuilt
+    over a DistributedSampler with the same dataset, batch size, collation, workers and generator:
+    shuffling when it shuffled (seeded from its generator, the same seed on every rank), in order
+    otherwise; its `drop_last` also drops the samples that do not divide evenly among the ranks,
+    where DistributedSampler would otherwise repeat a few. Anything else is refused, since fit cannot
+    tell how to split it.
+    """
+    if isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if not _samples_by_default(loader):
+        raise ValueError(f"train_loader must be a DataLoader over a map-style dataset, with its default sampler "
+                         f"(fit gives it a DistributedSampler) or sampler=DistributedSampler(dataset), to train in "
+                         f"a process group of {dist.get_world_size()} ranks; got {_sampling_text(loader)}")
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, drop_last=loader.drop_last,
+                                 seed=_shared_seed(loader.sampler.generator) if shuffle else 0)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                      multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
+                      prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                      pin_memory_device=loader.pin_memory_device, in_order=loader.in_order)
+
+
+def _samples_by_default(loader: Any) -> bool:
+    """True for a DataLoader that draws its map-style dataset as `shuffle=` alone makes it: in order,
+    or one permutation per epoch."""
+    if not isinstance(loader, DataLoader):
+        return False
+    sampler, batch_sampler = loader.sampler, loader.batch_sampler
+    if batch_sampler is not None and not (type(batch_sampler) is BatchSampler and batch_sampler.sampler is sampler):
+        return False
+    if type(sampler) is RandomSampler:
+        return not sampler.replacement and sampler.num_samples == len(loader.dataset)
+    return type(sampler) is SequentialSampler
+
+
+def _sampling_text(loader: Any) -> str:
+    if not isinstance(loader, DataLoader):
+        return f"a {type(loader).__name__}"
+    return (f"a DataLoader whose sampler is a {type(loader.sampler).__name__} and batch_sampler a "
+            f"{type(loader.batch_sampler).__name__}")
+
+
+def _shared_seed(generator: torch.Generator | None) -> int:
+    """A seed for DistributedSampler's shuffling, drawn from `generator` (torch's global RNG when None):
+    rank 0's draw on every rank, since all ranks must shuffle alike to split each epoch."""
+    return gather_objects(int(torch.randint(2**31, (), generator=generator)))[0]
+
+
+class _LossModule(nn.Module):
+    """`loss_fn(model, batch)` as the forward of a module: what DistributedDataParallel wraps."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Any:
+        return self.loss_fn(self.model, batch)
+
+
+def _data_parallel_loss(model: nn.Module, loss_fn: LossFn, device: torch.device) -> DistributedDataParallel:
+    """`batch -> loss_fn(model, batch)` run inside DistributedDataParallel's forward.
+
+    DDP averages the gradients of what runs inside its forward only: it would silently leave alone
+    those of a loss that calls `model.encode_image`, `model.clone_loss` and the like, as many of the
+    course's losses do. So the whole `loss_fn` becomes the forward, and still receives the plain model.
+    `find_unused_parameters` lets a batch leave parameters unused (a module network's modules, a head
+    that a loss switches off); where none is, DDP prints once that the search was not needed. Building
+    it copies rank 0's parameters and buffers to every rank.
+    """
+    return DistributedDataParallel(_LossModule(model, loss_fn), device_ids=[device.index] if device.type == "cuda"
+                                   else None, find_unused_parameters=True)
 
 
 __all__ = [
