@@ -291,12 +291,17 @@ def linear_probe(encoder: torch.nn.Module) -> Predictor:
 def fit_linear_probe(support_features: torch.Tensor, support_labels: torch.Tensor,
                      query_features: torch.Tensor) -> torch.Tensor:
     """(Q,) classes predicted by a multinomial logistic regression (scikit-learn, L2, C=1) fitted on the
-    (S, D) support features, the features standardised with the support's mean and deviation."""
+    (S, D) support features, the features standardised with the support's mean and deviation; on the
+    query features' device."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = support_features.mean(0), support_features.std(0, unbiased=False) + 1e-6
-    probe = LogisticRegression(max_iter=1000).fit(((support_features - mean) / std).numpy(), support_labels.numpy())
-    return torch.from_numpy(probe.predict(((query_features - mean) / std).numpy())).long()
+
+    def standardised(features: torch.Tensor) -> np.ndarray:
+        return ((features - mean) / std).detach().cpu().numpy()
+
+    probe = LogisticRegression(max_iter=1000).fit(standardised(support_features), support_labels.cpu().numpy())
+    return torch.from_numpy(probe.predict(standardised(query_features))).long().to(query_features.device)
 
 
 def _embed(encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -423,7 +428,7 @@ def few_shot_scores(support: torch.Tensor, query: torch.Tensor, text: torch.Tens
     `recipe.text_weight` shots); "probe with text prior" the logits of `text_prior_probe`'s weights.
     """
     n_way = len(text)
-    support_labels = torch.arange(n_way).repeat_interleave(n_support)  # class-major
+    support_labels = torch.arange(n_way, device=support.device).repeat_interleave(n_support)  # class-major
     prototypes = class_prototypes(support, n_way, n_support)  # (n_way, D)
     combined = F.normalize(recipe.text_weight * text + n_support * prototypes, dim=1)  # (n_way, D)
     probe = fit_linear_probe(support, support_labels, query)  # (Q,)
@@ -564,13 +569,13 @@ def train_image_classifier(images: torch.Tensor, targets: torch.Tensor, recipe: 
 def image_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of an image classifier."""
     logits = _embed(model, images)  # (N, C)
-    return float((logits.argmax(1) == labels).float().mean())
+    return float((logits.argmax(1) == labels.cpu()).float().mean())
 
 
 def labelled_subset(labels: torch.Tensor, per_class: int, seed: int) -> np.ndarray:
     """Indices of `per_class` examples of every class (the few labels), drawn with `seed`."""
     rng = scene_rng(check_seed(seed), check_count("per_class", per_class, 1), "labels")
-    labels = torch.as_tensor(labels).numpy()
+    labels = torch.as_tensor(labels).cpu().numpy()
     return np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
                            for c in range(int(labels.max()) + 1)])
 
@@ -616,7 +621,7 @@ def colearning_curves(recipe: CoLearningRecipe, seed: int = 0) -> dict[str, list
 
 
 def _labels_array(labels) -> np.ndarray:
-    array = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    array = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise ValueError(f"labels must be a 1-d array of integer class labels, got shape {array.shape} "
                          f"dtype {array.dtype}")

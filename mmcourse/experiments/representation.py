@@ -332,7 +332,8 @@ def _labels(name: str, values, num_classes: int) -> torch.Tensor:
 def error_distances(label_vectors: torch.Tensor, predictions, targets) -> dict[str, float]:
     """How far a classifier's mistakes land from the truth in label space (cosine distance).
 
-    `label_vectors` (C, D) unit rows; `predictions`, `targets` (N,) class indices. Returns
+    `label_vectors` (C, D) unit rows; `predictions`, `targets` (N,) class indices, on any device (they
+    are compared on `label_vectors`' device). Returns
     "errors": the mean distance from the true label to the predicted one over the mistakes,
     "random_wrong": the mean distance from the true label to a uniformly random *other* label (the
     same mistakes made blindly), and "num_errors". With no mistake "errors" is NaN.
@@ -340,14 +341,15 @@ def error_distances(label_vectors: torch.Tensor, predictions, targets) -> dict[s
     if not isinstance(label_vectors, torch.Tensor) or label_vectors.dim() != 2 or len(label_vectors) < 2:
         raise ValueError(f"label_vectors must be a (C, D) tensor with C >= 2, got "
                          f"{getattr(label_vectors, 'shape', type(label_vectors).__name__)}")
-    num_classes = len(label_vectors)
-    predictions, targets = _labels("predictions", predictions, num_classes), _labels("targets", targets, num_classes)
+    num_classes, device = len(label_vectors), label_vectors.device
+    predictions = _labels("predictions", predictions, num_classes).to(device)
+    targets = _labels("targets", targets, num_classes).to(device)
     if predictions.shape != targets.shape or not len(targets):
         raise ValueError(f"predictions has shape {tuple(predictions.shape)} and targets {tuple(targets.shape)}; "
                          f"expected the same non-empty (N,)")
     distance = 1 - label_vectors.float() @ label_vectors.float().T  # (C, C)
     wrong = predictions != targets  # (N,)
-    others = ~torch.eye(num_classes, dtype=torch.bool)[targets]  # (N, C) every label but the true one
+    others = ~torch.eye(num_classes, dtype=torch.bool, device=device)[targets]  # (N, C) every label but the truth
     random_wrong = ((distance[targets] * others).sum(1) / others.sum(1)).mean()
     errors = distance[targets[wrong], predictions[wrong]].mean() if wrong.any() else torch.tensor(float("nan"))
     return {"errors": float(errors), "random_wrong": float(random_wrong), "num_errors": int(wrong.sum())}

@@ -493,14 +493,15 @@ class ALBEFLoss:
             self.steps += 1
         loss = sum(losses.values())
         logged.update({name: value.detach() for name, value in losses.items()})
-        logged.update(temperature=temperature.detach(), alpha=torch.tensor(alpha))
+        logged.update(temperature=temperature.detach(), alpha=torch.tensor(alpha, device=temperature.device))
         return loss, logged
 
     def _negatives(self, image_features, text_features, temperature) -> tuple[torch.Tensor, torch.Tensor]:
         """(negative text of each image, negative image of each caption), (B,) long each."""
-        batch = len(image_features)
+        batch, device = len(image_features), image_features.device
         if self.itm == "random" or self.steps < self.hard_warmup_steps:
-            return mismatched_partners(batch, self.generator), mismatched_partners(batch, self.generator)
+            return (mismatched_partners(batch, self.generator).to(device),
+                    mismatched_partners(batch, self.generator).to(device))
         with torch.no_grad():
             similarity = image_features @ text_features.T / temperature  # (B, B) images x captions
         return (sample_hard_negatives(similarity, self.generator),  # caption j for image i

@@ -33,7 +33,8 @@ from .encoders import check_positive_int, check_tensor
 UNLABELLED = -1  # the label of an example nobody has labelled (yet)
 GIVEN, BY_VIEW_A, BY_VIEW_B = 0, 1, 2  # who labelled an example (`CoTraining.labelled_by`)
 
-Learner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (indices (L,), labels (L,)) -> probabilities (N, C)
+# (indices (L,), labels (L,)) -> probabilities (N, C): an array, or a tensor on any device
+Learner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,9 +94,9 @@ def confident_labels(probs, unlabelled, per_class: int) -> np.ndarray:
 
     For every class c, the `per_class` examples among the `unlabelled` (N,) bool ones that the
     view predicts as c (argmax of `probs` (N, C)) with the highest probability of c get label c;
-    fewer when fewer are predicted as c.
+    fewer when fewer are predicted as c. `probs` and `unlabelled` may be arrays or tensors on any device.
     """
-    probs, unlabelled = np.asarray(probs), np.asarray(unlabelled, dtype=bool)
+    probs, unlabelled = _numpy(probs), _numpy(unlabelled, bool)
     if probs.ndim != 2 or unlabelled.shape != probs.shape[:1]:
         raise ValueError(f"probs must be (N, C) and unlabelled (N,), got shapes {probs.shape} and {unlabelled.shape}")
     per_class = check_positive_int("per_class", per_class)
@@ -125,8 +126,13 @@ def _check_pool(labels) -> np.ndarray:
     return pool.astype(np.int64)
 
 
+def _numpy(values, dtype=None) -> np.ndarray:
+    """`values` (a list, an array, or a tensor on any device, with or without grad) as a NumPy array."""
+    return np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=dtype)
+
+
 def _check_probabilities(probs, n: int, name: str) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
+    probs = _numpy(probs, np.float64)
     if probs.ndim != 2 or len(probs) != n:
         raise ValueError(f"{name} must return (N, C) = ({n}, C) class probabilities for every example, "
                          f"got shape {probs.shape}")

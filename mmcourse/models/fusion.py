@@ -109,7 +109,7 @@ def average_logits(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     check_tensor("weights", weights, 1, floating=True)
     if len(weights) != len(logits):
         raise ValueError(f"weights has {len(weights)} entries; expected one per modality ({len(logits)})")
-    total = float(weights.detach().double().sum())
+    total = float(weights.detach().cpu().double().sum())  # float64 on the CPU: Apple GPUs (MPS) have none
     if not abs(total - 1.0) <= len(weights) * torch.finfo(weights.dtype).eps:
         raise ValueError(f"weights must sum to one, got sum {total:.6g} from {weights.tolist()}; "
                          "divide them by their sum, or use softmax for learned weights")

@@ -320,6 +320,7 @@ class MovingAverageBaseline:
         return f"MovingAverageBaseline(decay={self.decay}, value={self.value})"
 
     def update(self, rewards: torch.Tensor | Sequence[float]) -> float:
+        rewards = rewards.detach().cpu() if isinstance(rewards, torch.Tensor) else rewards  # MPS has no float64
         mean = float(torch.as_tensor(rewards, dtype=torch.float64).mean())
         if math.isnan(mean):
             raise ValueError("rewards is empty or holds nan; expected at least one finite reward")
