@@ -21,65 +21,16 @@ derivatives of L with respect to the local rows, the other rows being constants.
 Without an initialised process group (or with one process) `gather_features` is the identity and
 `distributed_clip_loss` the plain loss, so code written for many ranks runs unchanged in a notebook.
 
-`mmcourse.train.fit` trains under `torchrun` with the small collectives below: `rank`,
-`gather_objects` (every rank's Python value), `mean_over_ranks` (so that every rank logs the same
-numbers) and `broadcast_buffers` (rank 0's BatchNorm statistics and queues on every rank). Each is
-the identity (rank 0) outside a process group of several ranks.
+`mmcourse.train.fit` trains under `torchrun` with the collectives of `mmcourse.ranks`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 import torch.distributed as dist
-from torch import nn
 
-# The models (clip_loss, check_tensor) are imported where they are used: `fit` imports this module,
-# and the models bring torchvision, seconds of import time that a training loop does not need.
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    """This process's rank in its process group; 0 outside a process group of several ranks."""
-    return dist.get_rank() if is_distributed() else 0
-
-
-def gather_objects(value: Any) -> list[Any]:
-    """Every rank's `value` (anything picklable), in rank order, on every rank; `[value]` outside a
-    process group of several ranks. Every rank must call it."""
-    if not is_distributed():
-        return [value]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
-    """Each of `values` averaged over the ranks: the same numbers on every rank. Every rank must call
-    it with the same names (ValueError on every rank otherwise). Outside a process group of several
-    ranks, `values` unchanged."""
-    if not is_distributed():
-        return dict(values)
-    everyone = gather_objects(dict(values))
-    if any(other.keys() != everyone[0].keys() for other in everyone):
-        seen = ", ".join(f"rank {index}: {sorted(other)}" for index, other in enumerate(everyone))
-        raise ValueError(f"mean_over_ranks needs the same names on every rank, got {seen}")
-    return {name: sum(other[name] for other in everyone) / len(everyone) for name in everyone[0]}
-
-
-def broadcast_buffers(module: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics, queues, ...) into every rank's `module`,
-    which DistributedDataParallel only does at the start of each forward. Every rank must call it;
-    nothing happens outside a process group of several ranks."""
-    if not is_distributed():
-        return
-    for buffer in module.buffers():
-        dist.broadcast(buffer, src=0)
+from .models.clip import clip_loss
+from .models.encoders import check_tensor
+from .ranks import is_distributed
 
 
 def gather_features(image_features: torch.Tensor,
@@ -90,8 +41,6 @@ def gather_features(image_features: torch.Tensor,
     rank must pass features of the same shape; a mismatch raises ValueError on every rank. Outside
     a multi-process group the features come back unchanged.
     """
-    from .models.encoders import check_tensor
-
     check_tensor("image_features", image_features, 2, floating=True)
     check_tensor("text_features", text_features, 2, floating=True)
     if not is_distributed():
@@ -107,8 +56,6 @@ def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Ten
     Every rank returns the same value, the loss of the concatenated batch; see the module docstring
     for how its gradients relate to the single-process ones.
     """
-    from .models.clip import clip_loss
-
     all_image_features, all_text_features = gather_features(image_features, text_features)  # (W * B, D) each
     return clip_loss(all_image_features, all_text_features, logit_scale)
 
@@ -134,5 +81,4 @@ def _check_same_shape_everywhere(image_features: torch.Tensor, text_features: to
         raise ValueError(f"image_features and text_features must have the same shapes on every rank, got {seen}")
 
 
-__all__ = ["broadcast_buffers", "distributed_clip_loss", "gather_features", "gather_objects", "is_distributed",
-           "mean_over_ranks", "rank"]
+__all__ = ["distributed_clip_loss", "gather_features", "is_distributed"]

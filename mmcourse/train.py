@@ -38,7 +38,7 @@ batch.
 
 Several processes. Started by `torchrun --nproc_per_node N script.py`, where the script calls
 `torch.distributed.init_process_group(...)` before `fit`, the same call trains with distributed data
-parallelism (`mmcourse.distributed.is_distributed()` tells). Each rank takes its GPU (LOCAL_RANK)
+parallelism (`mmcourse.ranks.is_distributed()` tells). Each rank takes its GPU (LOCAL_RANK)
 when the device is "cuda"; the training loader gets a `DistributedSampler`, so each rank reads its
 own share of every epoch and the global batch is N times the loader's `batch_size`; the whole
 `loss_fn(model, batch)` runs as the forward of `DistributedDataParallel` (which averages only the
@@ -76,7 +76,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm.auto import tqdm
 
 from mmcourse.device import autocast, get_device, is_accelerator, needs_grad_scaler
-from mmcourse.distributed import broadcast_buffers, gather_objects, is_distributed, mean_over_ranks, rank
+from mmcourse.ranks import broadcast_buffers, gather_objects, is_distributed, mean_over_ranks, rank
 
 DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.0
