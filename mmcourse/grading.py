@@ -1,7 +1,15 @@
 """Hand out and grade the notebooks' exercises.
 
 `assign` writes student copies of solution notebooks: every answer between `### BEGIN SOLUTION` and
-`### END SOLUTION` (nbgrader's markers) becomes `raise NotImplementedError`, and outputs are cleared.
+`### END SOLUTION` (nbgrader's markers) becomes nbgrader's stub (`# YOUR CODE HERE` and
+`raise NotImplementedError()`), and outputs are cleared: the code cells come out exactly as nbgrader's
+`generate_assignment` writes them.
+
+nbgrader interoperability: the solution and check cells of the notebooks carry nbgrader's cell
+metadata (`nbgrader_metadata`: a solution cell per answer, an autograded test cell worth one point per
+check, stable grade ids named after the check), so an instructor who runs nbgrader can put the
+notebooks in its `source/` folder as they are. Its autograder passes a test cell that raises nothing;
+with MMCOURSE_CHECKS_RAISE=1 in its environment a failed check raises (`mmcourse.exercises.check`).
 
 `grade` takes the exercises from the instructor's solution notebook (its check cells calling
 `mmcourse.exercises.check_<name>(my_function)`), never from a submission: like nbgrader, the grader
@@ -48,11 +56,14 @@ from pathlib import Path
 import nbformat
 
 from .exercises import alignment, challenges, few_shot, reasoning, representation
-from .exercises.check import CheckResult, Exercise, Trial, encode
+from .exercises.check import RAISE_ENV, CheckResult, Exercise, Trial, encode
 from .paths import CACHE_ENV, RESULTS_ENV
 from .world.scene import check_count
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's ClearSolutions stub for Python
+NBGRADER_CELL = {"grade": False, "locked": False, "schema_version": 3, "solution": False, "task": False}
+POINTS = 1  # per check cell, in nbgrader's gradebook
 CHECK_CALL = re.compile(r"(?<!def )\bcheck_\w+\s*\(")  # a call, not a definition
 _SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(\n|$)", re.M | re.S)
 
@@ -68,10 +79,44 @@ STOP_SECONDS = 10  # how long a driver stopped at the time limit gets to shut it
 
 
 def strip_solutions(source: str, where: str = "cell") -> str:
-    """`source` with each marked solution replaced by `raise NotImplementedError` at its indentation."""
+    """`source` with each marked solution replaced by `STUB`, each line at its BEGIN line's indentation
+    (line by line, as nbgrader's ClearSolutions does)."""
     if source.count(BEGIN) != source.count(END):
         raise ValueError(f"{where} has {source.count(BEGIN)} '{BEGIN}' but {source.count(END)} '{END}' markers")
-    return _SOLUTION.sub(lambda m: f"{m.group(1)}raise NotImplementedError\n", source)
+    kept, in_solution = [], False
+    for line in source.split("\n"):
+        if BEGIN in line:
+            indent = line[:len(line) - len(line.lstrip())]
+            kept += [indent + stub_line for stub_line in STUB.split("\n")]
+            in_solution = True
+        elif END in line:
+            in_solution = False
+        elif not in_solution:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def nbgrader_metadata(notebook, where: str = "notebook") -> dict[int, dict]:
+    """nbgrader's cell metadata for the exercise cells of a solution `notebook`: {cell index: metadata}.
+
+    Each check cell is an autograded test cell worth `POINTS` with grade id `check_<name>`; the cell
+    holding the answer it checks (the one that defines the learner's function between the solution
+    markers) is a solution cell with grade id `answer_<name>`.
+    """
+    trees = _code_trees(notebook)
+    metadata = {}
+    for index, tree in trees.items():
+        for check, call in _check_calls(tree):
+            name = check.removeprefix("check_")
+            metadata[index] = {**NBGRADER_CELL, "grade": True, "grade_id": check, "locked": True, "points": POINTS}
+            function = call.args[0].id if call.args and isinstance(call.args[0], ast.Name) else None
+            answers = [i for i, t in trees.items() if i < index and BEGIN in notebook.cells[i].source
+                       and function is not None and _binds(t, function)]
+            if not answers:
+                raise ValueError(f"{where} cell {index} calls {check}({function}), but no earlier cell defines "
+                                 f"{function} between '{BEGIN}' and '{END}'")
+            metadata[answers[-1]] = {**NBGRADER_CELL, "grade_id": f"answer_{name}", "solution": True}
+    return metadata
 
 
 def assign(source: Path, out_dir: Path) -> Path:
@@ -345,7 +390,7 @@ def _environment(home: Path, token: str, scale: str) -> dict[str, str]:
     env.update(HOME=str(home), TMPDIR=str(home / "tmp"), MMCOURSE_SCALE=scale, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="", PYTHONUSERBASE=site.getuserbase(),  # the user's packages despite HOME
                PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-               **{RUN_MARK_ENV: token})
+               **{RUN_MARK_ENV: token, RAISE_ENV: "0"})  # the verdicts are judged here, not in the kernel
     return env
 
 

@@ -68,9 +68,11 @@ def make_solution_notebook(path, answers=None, extra_cells=(), checks=True):
 
 
 def test_strip_solutions_keeps_indentation_and_the_rest():
-    assert strip_solutions(SOLUTION) == 'def double(x):\n    """Twice x."""\n    raise NotImplementedError\n'
+    stub = "# YOUR CODE HERE\n    raise NotImplementedError()"  # nbgrader's, at the marker's indentation
+    assert strip_solutions(SOLUTION) == f'def double(x):\n    """Twice x."""\n    {stub}\n'
     two = "a = 1\n### BEGIN SOLUTION\nb = 2\n### END SOLUTION\nc = 3\n### BEGIN SOLUTION\nd = 4\n### END SOLUTION"
-    assert strip_solutions(two) == "a = 1\nraise NotImplementedError\nc = 3\nraise NotImplementedError\n"
+    assert strip_solutions(two) == "a = 1\n# YOUR CODE HERE\nraise NotImplementedError()\nc = 3\n" \
+                                   "# YOUR CODE HERE\nraise NotImplementedError()"
 
 
 def test_unbalanced_markers_are_refused():

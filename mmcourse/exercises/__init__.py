@@ -11,7 +11,8 @@ The committed notebooks are the solution notebooks. An exercise is three cells:
            ...
            ### END SOLUTION
 
-   `mmcourse assign` writes the student copy, where the solution becomes `raise NotImplementedError`;
+   `mmcourse assign` writes the student copy, where the solution becomes nbgrader's stub
+   (`# YOUR CODE HERE`, `raise NotImplementedError()`);
 3. a check cell calling `mmcourse.exercises.check_<name>(tensor_fusion)`.
 
 Each `check_<name>` is built from the helpers here: `compare` runs the learner's function and the

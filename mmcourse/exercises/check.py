@@ -1,6 +1,8 @@
 """Building blocks of the notebooks' exercise checks: compare a learner's answer with the reference.
 
-A check never raises at the learner (unless asked to, for autograders): it returns a `CheckResult`
+A check never raises at the learner (unless asked to, for autograders: `raise_on_fail=True`, or
+MMCOURSE_CHECKS_RAISE=1 in the environment, which nbgrader's autograder needs to withhold a check
+cell's points): it returns a `CheckResult`
 whose message is one plain sentence saying what differs, e.g. "fusion: shape (4, 3), expected
 (4, 5)." and, when it fails, a hint. `compare` runs a learner's function and the reference on the
 same fresh random inputs; `check_value` checks a single answer such as a parameter count.
@@ -20,6 +22,7 @@ import io
 import inspect
 import math
 import numbers
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -30,9 +33,10 @@ import torch
 from ..world.scene import check_count, check_seed
 
 GENERATORS = ("torch", "numpy")
+RAISE_ENV = "MMCOURSE_CHECKS_RAISE"  # "1": every failed check raises ExerciseFailed (for autograders)
 
-HINT_NOT_IMPLEMENTED = ("Write your answer between `### BEGIN SOLUTION` and `### END SOLUTION`, "
-                        "replacing `raise NotImplementedError`, then run the cell again.")
+HINT_NOT_IMPLEMENTED = ("Write your answer in place of `raise NotImplementedError()` (between `### BEGIN SOLUTION` "
+                        "and `### END SOLUTION` in the solution notebook), then run the cell again.")
 HINT_EXCEPTION = "Call your function on a small example in a cell of its own to see where it fails."
 HINT_NOT_CALLABLE = "Pass the function itself, without calling it: check_x(my_fn), not check_x(my_fn())."
 HINT_BY_KIND = {
@@ -153,9 +157,17 @@ def check_value(name: str, learner_value: Any, expected: Any, atol: float = 1e-6
 
 
 def _finish(result: CheckResult, raise_on_fail: bool) -> CheckResult:
-    if raise_on_fail and not result.passed:
+    if (raise_on_fail or _raise_requested()) and not result.passed:
         raise ExerciseFailed(result.message)
     return result
+
+
+def _raise_requested() -> bool:
+    """True when MMCOURSE_CHECKS_RAISE is "1"; False when it is "0" or unset."""
+    value = os.environ.get(RAISE_ENV, "0").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{RAISE_ENV}={value!r} is not allowed; expected '1' (failed checks raise) or '0'")
+    return value == "1"
 
 
 def _check_tolerance(name: str, value) -> None:
