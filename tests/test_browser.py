@@ -104,6 +104,19 @@ def type_into(box, text: str) -> None:
     box.send_keys(text + Keys.ENTER)
 
 
+def move_slider(lab: Lab, widget, label: str, watched, what: str, ready, left: bool = False) -> tuple[str, str]:
+    """Press an arrow key on the handle of the slider `label`, then wait until `watched` has changed and
+    `ready(watched, new readout)` holds; the slider's readout before and after."""
+    from selenium.webdriver.common.keys import Keys
+
+    readout = control(widget, label, ".widget-readout")
+    was, before = readout.text, watched.get_attribute("innerHTML")
+    control(widget, label, ".noUi-handle").send_keys(Keys.ARROW_LEFT if left else Keys.ARROW_RIGHT)
+    lab.html_changes(watched, before, INTERACTION_TIMEOUT_S, what, ready=lambda element: ready(element, readout.text))
+    assert readout.text != was, f"the slider {label!r} did not move: its readout still says {was}"
+    return was, readout.text
+
+
 def outputs_of(widget):
     from selenium.webdriver.common.by import By
 
@@ -131,7 +144,21 @@ def assert_shows_figure(output, what: str) -> None:
     assert "Traceback" not in output.text and "Error" not in output.text, f"{what}: {output.text[-1500:]}"
 
 
-def use_01_widgets(lab: Lab, widget, shot) -> list[str]:
+def use_01_rank_widget(lab: Lab, widget, shot) -> list[str]:
+    """The LMF rank slider: a rank not trained yet is trained and joins the curve."""
+    output = outputs_of(widget)[0]
+    done = []
+    if not has_figure(output):
+        done.append("PROBLEM: after Run All the rank curve is not drawn (nothing until the slider moves)")
+    was, now = move_slider(lab, widget, "LMF rank", output, "move the rank slider",
+                           ready=lambda element, rank: has_figure(element) and f"rank {rank}:" in element.text)
+    assert_shows_figure(output, "the rank curve after the slider moved")
+    shot("after_rank")
+    done.append(f"rank slider {was} -> {now}: LMF trained at the new rank, the curve redrawn")
+    return done
+
+
+def use_01_share_widget(lab: Lab, widget, shot) -> list[str]:
     """The trimodal-share slider, the model menu and the "retrain both" button."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -177,7 +204,47 @@ def use_01_widgets(lab: Lab, widget, shot) -> list[str]:
     return done
 
 
-def use_02_widgets(lab: Lab, widget, shot) -> list[str]:
+def use_02_temperature_widget(lab: Lab, widget, shot) -> list[str]:
+    """The temperature slider over section 4's similarity matrix (no retraining)."""
+    output = outputs_of(widget)[0]
+    assert_shows_figure(output, "the temperature softmax before the slider moved")
+    was, now = move_slider(lab, widget, "temperature τ", output, "move the temperature slider",
+                           ready=lambda element, _: has_figure(element), left=True)
+    assert_shows_figure(output, "the temperature softmax after the slider moved")
+    shot("after_temperature")
+    return [f"temperature slider {was} -> {now}: the row softmax redrawn"]
+
+
+def use_02_phrase_widget(lab: Lab, widget, shot) -> list[str]:
+    """The GLIP phrase box and the test-picture box."""
+    output = outputs_of(widget)[0]
+    grounded = lambda element: has_figure(element) and "best box:" in element.text  # noqa: E731
+    done = []
+    if not grounded(output):
+        done.append("PROBLEM: after Run All the grounded phrase is not drawn (nothing until a control changes)")
+    for label, text, step in (("phrase", "the large outline shape", "after_phrase"), ("test picture", "7", "after_picture")):
+        before = output.get_attribute("innerHTML")
+        type_into(control(widget, label, "input"), text)
+        lab.html_changes(output, before, INTERACTION_TIMEOUT_S, f"type {text!r} into {label}", ready=grounded)
+        assert_shows_figure(output, f"the grounded phrase {step}")
+        shot(step)
+        done.append(f"typed {text!r} into {label!r}: boxes and probabilities redrawn")
+    return done
+
+
+def use_02_labels_widget(lab: Lab, widget, shot) -> list[str]:
+    """The LSeg label box: typed names become the classes of a mask."""
+    output = outputs_of(widget)[0]
+    assert_shows_figure(output, "the LSeg masks before any typing")
+    before = output.get_attribute("innerHTML")
+    type_into(control(widget, "labels", "input"), "a blue circle, a square, a large shape")
+    lab.html_changes(output, before, INTERACTION_TIMEOUT_S, "type three label names", ready=has_figure)  # names: in the figure
+    assert_shows_figure(output, "the LSeg masks after typing")
+    shot("after_labels")
+    return ["typed three label names: one mask per name drawn"]
+
+
+def use_02_prompt_widget(lab: Lab, widget, shot) -> list[str]:
     """The prompt box that re-ranks the retrieval pictures."""
     box = control(widget, "prompt", "input")
     output = outputs_of(widget)[0]
@@ -258,7 +325,6 @@ def use_05_widgets(lab: Lab, widget, shot) -> list[str]:
     """The shots slider (the prototypes and the k marker move) and the support-draw box; the explorer
     draws into an image widget and a line of text."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     readout = widget.find_element(By.CSS_SELECTOR, ".widget-html")
     drawn = lambda element: bool(element.find_elements(By.CSS_SELECTOR, "img[src]")) and "at k = " in readout.text  # noqa: E731
@@ -266,15 +332,10 @@ def use_05_widgets(lab: Lab, widget, shot) -> list[str]:
     if not drawn(widget):
         done.append("PROBLEM: after Run All the prototype explorer is empty (nothing drawn until a control changes)")
 
-    shots = control(widget, "shots k", ".widget-readout")
-    before_shots = shots.text
-    before = widget.get_attribute("innerHTML")
-    control(widget, "shots k", ".noUi-handle").send_keys(Keys.ARROW_RIGHT)
-    lab.html_changes(widget, before, INTERACTION_TIMEOUT_S, "move the shots slider",
-                     ready=lambda element: drawn(element) and f"at k = {shots.text}:" in readout.text)
-    assert shots.text != before_shots, f"the shots slider did not move: its readout still says {before_shots}"
+    was, now = move_slider(lab, widget, "shots k", widget, "move the shots slider",
+                           ready=lambda element, k: drawn(element) and f"at k = {k}:" in readout.text)
     shot("after_shots")
-    done.append(f"shots slider {before_shots} -> {shots.text}: the episode and the k marker redrawn")
+    done.append(f"shots slider {was} -> {now}: the episode and the k marker redrawn")
 
     before = widget.get_attribute("innerHTML")
     type_into(control(widget, "support draw", "input"), "11")
@@ -285,9 +346,11 @@ def use_05_widgets(lab: Lab, widget, shot) -> list[str]:
     return done
 
 
-INTERACTIONS = {"01_challenges": use_01_widgets, "02_representation": use_02_widgets,
-                "03_alignment": use_03_widgets, "04_reasoning": use_04_widgets,
-                "05_few_shot": use_05_widgets}
+# Each notebook's widget cells, in the order they appear: how to use each one.
+INTERACTIONS = {"01_challenges": (use_01_rank_widget, use_01_share_widget),
+                "02_representation": (use_02_temperature_widget, use_02_phrase_widget, use_02_labels_widget,
+                                      use_02_prompt_widget),
+                "03_alignment": (use_03_widgets,), "04_reasoning": (use_04_widgets,), "05_few_shot": (use_05_widgets,)}
 
 
 # --- the test ----------------------------------------------------------------------------------------
@@ -334,6 +397,36 @@ def widget_outputs(cells: list[dict]) -> list[int]:
             if any(WIDGET_MIME in output.get("data", {}) for output in cell["outputs"])]
 
 
+def use_widget_cell(lab: Lab, index: int, use, shot, where: str) -> dict:
+    """Find the live widget view of cell `index`, screenshot it, look for cut labels and blank
+    dropdowns, then `use` it; what was found and done."""
+    from selenium.webdriver.common.by import By
+
+    node = lab.cell_node(index)
+    views = lab.chrome.execute_script(
+        "return [...arguments[0].querySelectorAll('.jp-OutputArea-output')].filter("
+        "o => o.classList.contains('jupyter-widgets') || o.querySelector('.jupyter-widgets'))", node)
+    assert views, f"{where}: the widget cell rendered no live widget view"
+    widget = views[0]
+    assert widget.find_elements(By.CSS_SELECTOR, ".widget-inline-hbox, .widget-button, .widget-output"), \
+        f"{where}: the widget view holds no control: {widget.text[:300]!r}"
+    lab.chrome.execute_script("arguments[0].scrollIntoView({block: 'start'})", node)
+    shot("lab")
+    shot("before", widget)
+    record = {"name": f"{where} ({use.__name__})", "blank_dropdowns": lab.chrome.execute_script(
+        "return [...arguments[0].querySelectorAll('select')].filter(s => s.options.length && s.selectedIndex < 0)"
+        ".map(s => s.closest('.widget-inline-hbox').innerText.split('\\n')[0])", widget)}
+    record["cut_labels"] = lab.label_cuts(widget)
+    for cut in record["cut_labels"]:
+        warnings.warn(f"{where}: widget text {cut['text']!r} is cut: {cut['shown']} px shown of {cut['needs']} px",
+                      stacklevel=1)
+    started = time.monotonic()
+    record["interactions"] = use(lab, widget, lambda step: shot(step, widget))
+    record["interactions_s"] = round(time.monotonic() - started, 1)
+    record["figures_in_widget"] = lab.images(widget)
+    return record
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_jupyterlab_with_live_widgets(notebook, lab, summary):
     from selenium.webdriver.common.by import By
@@ -377,34 +470,17 @@ def test_notebook_runs_in_jupyterlab_with_live_widgets(notebook, lab, summary):
             shot("lab")
             return
         assert stem in INTERACTIONS, f"{notebook.name} shows widgets: add how to use them to INTERACTIONS"
-        assert len(indices) == 1, f"{notebook.name}: one widget cell expected, found cells {indices}"
-        node = lab.cell_node(indices[0])
-        views = lab.chrome.execute_script(
-            "return [...arguments[0].querySelectorAll('.jp-OutputArea-output')].filter("
-            "o => o.classList.contains('jupyter-widgets') || o.querySelector('.jupyter-widgets'))", node)
-        assert views, f"{notebook.name}: the widget cell rendered no live widget view"
-        widget = views[0]
-        assert widget.find_elements(By.CSS_SELECTOR, ".widget-inline-hbox, .widget-button, .widget-output"), \
-            f"{notebook.name}: the widget view holds no control: {widget.text[:300]!r}"
-        lab.chrome.execute_script("arguments[0].scrollIntoView({block: 'start'})", node)
-        shot("lab")
-        shot("widget_before", widget)
-
-        blank = lab.chrome.execute_script(
-            "return [...arguments[0].querySelectorAll('select')].filter(s => s.options.length && s.selectedIndex < 0)"
-            ".map(s => s.closest('.widget-inline-hbox').innerText.split('\\n')[0])", widget)
-        record["blank_dropdowns"] = blank
-        cuts = lab.label_cuts(widget)
-        record["cut_labels"] = cuts
-        for cut in cuts:
-            warnings.warn(f"{notebook.name}: widget text {cut['text']!r} is cut: {cut['shown']} px shown "
-                          f"of {cut['needs']} px", stacklevel=1)
-        interaction_start = time.monotonic()
-        record["interactions"] = INTERACTIONS[stem](lab, widget, lambda step: shot(f"widget_{step}", widget))
-        record["interactions_s"] = round(time.monotonic() - interaction_start, 1)
-        record["figures_in_widget"] = lab.images(widget)
-        problems = failures_in(lab.cells()) + [step for step in record["interactions"] if step.startswith("PROBLEM")] \
-            + [f"after Run All the dropdown {name!r} shows no selection (its options were set, no index)" for name in blank]
+        uses = INTERACTIONS[stem]
+        assert len(indices) == len(uses), (f"{notebook.name}: {len(uses)} widget cell(s) expected by INTERACTIONS, "
+                                           f"found cells {indices}")
+        record["widgets"] = []
+        for k, (index, use) in enumerate(zip(indices, uses)):
+            record["widgets"].append(use_widget_cell(lab, index, use, lambda step, element=None, k=k:
+                                                     shot(f"widget{k}_{step}", element), f"{notebook.name} cell {index}"))
+        problems = failures_in(lab.cells()) + [f"{widget['name']}: {step}" for widget in record["widgets"]
+                                               for step in widget["interactions"] if step.startswith("PROBLEM")] \
+            + [f"{widget['name']}: after Run All the dropdown {name!r} shows no selection (its options were set, "
+               f"no index)" for widget in record["widgets"] for name in widget["blank_dropdowns"]]
         assert not problems, f"{notebook.name} after using its widgets:\n" + "\n".join(problems)
     except Exception:
         try:
