@@ -85,6 +85,26 @@ def needs_grad_scaler(device: str | torch.device, enabled: bool = True) -> bool:
     return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This rank's device: "cuda" without an index becomes the GPU numbered LOCAL_RANK (which torchrun
+    sets; the current GPU without it), made current for the collectives; other devices stay as given."""
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s): start one process per GPU (torchrun --nproc_per_node <GPUs>)")
+        device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def ddp_device_ids(device: torch.device) -> list[int] | None:
+    """DistributedDataParallel's `device_ids` for a model on `device`: its GPU, or None off the GPU."""
+    return [device.index] if device.type == "cuda" else None
+
+
 def check_seed(seed) -> int:
     """Validate a seed (an int in [0, 2**63), bools refused) and return it as a Python int: the one rule
     for seeds in the whole course, from `seed_everything` to the world's `sample_scenes`."""

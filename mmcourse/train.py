@@ -38,8 +38,8 @@ batch.
 
 Several processes. Started by `torchrun --nproc_per_node N script.py`, where the script calls
 `torch.distributed.init_process_group(...)` before `fit`, the same call trains with distributed data
-parallelism (`mmcourse.ranks.is_distributed()` tells). Each rank takes its GPU (LOCAL_RANK)
-when the device is "cuda"; the training loader gets a `DistributedSampler`, so each rank reads its
+parallelism (`mmcourse.ranks.is_distributed()` tells). Each rank takes its GPU (LOCAL_RANK,
+`mmcourse.device.rank_device`); the training loader gets a `DistributedSampler`, so each rank reads its
 own share of every epoch and the global batch is N times the loader's `batch_size`; the whole
 `loss_fn(model, batch)` runs as the forward of `DistributedDataParallel` (which averages only the
 gradients of what runs in its forward, while losses call `model.encode_image` and the like), so the
@@ -75,7 +75,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from mmcourse.device import autocast, get_device, is_accelerator, needs_grad_scaler
+from mmcourse.device import autocast, ddp_device_ids, get_device, is_accelerator, needs_grad_scaler, rank_device
 from mmcourse.ranks import broadcast_buffers, gather_objects, is_distributed, mean_over_ranks, rank
 
 DEFAULT_LR = 1e-3
@@ -531,7 +531,7 @@ def fit(
                          evaluate, val_loader, checkpoint_path, resume, log)
     distributed, main = is_distributed(), rank() == 0
     if distributed:
-        device, train_loader = _rank_device(device), _sharded_loader(train_loader)
+        device, train_loader = rank_device(device), _sharded_loader(train_loader)
     model.to(device)
     if optimizer is None:
         optimizer = _default_optimizer(model, lr, weight_decay)
@@ -745,21 +745,6 @@ def loss_evaluator(loss_fn: LossFn, amp: bool = False) -> Evaluate:
 # --------------------------------------------------------------------------------------------
 
 
-def _rank_device(device: torch.device) -> torch.device:
-    """This rank's device: "cuda" without an index becomes the GPU numbered LOCAL_RANK (which torchrun
-    sets; the current GPU without it), made current for the collectives; other devices stay as given."""
-    if device.type != "cuda":
-        return device
-    if device.index is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} CUDA "
-                             "device(s): start one process per GPU (torchrun --nproc_per_node <GPUs>)")
-        device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    return device
-
-
 def _sharded_loader(loader: Any) -> DataLoader:
     """`loader` reading this rank's share of every epoch.
 
@@ -835,8 +820,8 @@ def _data_parallel_loss(model: nn.Module, loss_fn: LossFn, device: torch.device)
     that a loss switches off); where none is, DDP prints once that the search was not needed. Building
     it copies rank 0's parameters and buffers to every rank.
     """
-    return DistributedDataParallel(_LossModule(model, loss_fn), device_ids=[device.index] if device.type == "cuda"
-                                   else None, find_unused_parameters=True)
+    return DistributedDataParallel(_LossModule(model, loss_fn), device_ids=ddp_device_ids(device),
+                                   find_unused_parameters=True)
 
 
 __all__ = [
