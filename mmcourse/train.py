@@ -270,7 +270,7 @@ def _logged_value(name: Any, value: Any, where: str, device: torch.device) -> to
         raise ValueError(f"loss_fn logged the name {name!r} at {where}; names must be str, not start "
                          f"with 'val_' and not be one of {RESERVED_NAMES}")
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.detach().reshape(())
+        return value.detach().reshape(()).to(device)  # a CPU number logged on a GPU run is summed with the rest
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         return torch.tensor(float(value), device=device)
     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

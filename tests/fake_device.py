@@ -7,8 +7,8 @@ boolean masks, `nonzero`, draws from torch's global generator), with the CPU's k
 What CUDA refuses, they refuse too:
 
 - an op that mixes them with CPU tensors ("Expected all tensors to be on the same device"), but for
-  0-dim CPU tensors and the arguments CUDA reads on the host (`HOST_ARGUMENTS`; the results it
-  gives there, `HOST_RESULTS`, stay on the CPU too);
+  0-dim CPU tensors outside `torch.stack`/`torch.cat` and the arguments CUDA reads on the host
+  (`HOST_ARGUMENTS`; the results it gives there, `HOST_RESULTS`, stay on the CPU too);
 - a CPU tensor indexed with indices on the fake device (`torch.eye(C)[targets]`);
 - a CPU `torch.Generator` drawing their numbers;
 - `.numpy()` without `.cpu()` first.
@@ -42,6 +42,7 @@ HOST_ARGUMENTS = {
     aten._pad_packed_sequence.default: {"batch_sizes"},
     aten.lstm.data: {"batch_sizes"},
 }
+JOINS = {aten.stack.default, aten.cat.default}  # CUDA joins no 0-dim CPU tensor with its own
 HOST_RESULTS = {  # positions of the results that CUDA gives on the CPU: packed sequences' sizes
     aten._pack_padded_sequence.default: {1},
     aten._pad_packed_sequence.default: {1},
@@ -163,14 +164,15 @@ def _check_devices(func, args: tuple, kwargs: dict) -> None:
 
 def _devices(func, args: tuple, kwargs: dict) -> set[torch.device]:
     """The device a factory is told to use (its tensor arguments give shapes and dtypes only), else
-    the devices of the op's tensors, 0-dim CPU tensors and `HOST_ARGUMENTS` on the CPU left out."""
+    the devices of the op's tensors, 0-dim CPU tensors (but in `JOINS`) and `HOST_ARGUMENTS` on the
+    CPU left out."""
     if kwargs.get("device") is not None:
         return {torch.device(kwargs["device"])}
     named = {**dict(zip((argument.name for argument in func._schema.arguments), args)), **kwargs}
     devices = set()
     for name, value in named.items():
         for tensor in (leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor)):
-            on_host = tensor.dim() == 0 or name in HOST_ARGUMENTS.get(func, ())
+            on_host = (tensor.dim() == 0 and func not in JOINS) or name in HOST_ARGUMENTS.get(func, ())
             if not (on_host and _device(tensor) == CPU):
                 devices.add(_device(tensor))
     return devices

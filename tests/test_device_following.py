@@ -46,6 +46,8 @@ from mmcourse.models import (albef, bilinear, blip, clip, colearning, coattentio
                              encoders, fusion, grounding, layers, lseg, milnce, nmn, program_generator, protonet,
                              region_word, relation_network, vilbert, vilt, visualbert, vqa)
 from mmcourse.models.bimodal_autoencoder import BimodalAutoencoder, reconstruction_loss
+from mmcourse import train
+from mmcourse.train import fit
 from mmcourse.world.datasets import AffectDataset, CaptionDataset, ClipDataset, QuestionDataset, collate
 from mmcourse.world.language import default_tokenizer
 from mmcourse.world.programs import ANSWERS
@@ -66,7 +68,8 @@ CPU = torch.device("cpu")
     lambda targets: targets + torch.ones(2, dtype=torch.long),  # a CPU tensor built without device=
     lambda targets: torch.rand(2, generator=torch.Generator(), device=targets.device),  # a CPU generator
     lambda targets: targets.numpy(),  # NumPy without .cpu()
-], ids=["cpu tensor indexed", "cpu tensor met", "cpu generator", "numpy"])
+    lambda targets: torch.stack([targets.sum(), torch.tensor(1)]),  # a CPU number joined with device ones
+], ids=["cpu tensor indexed", "cpu tensor met", "cpu generator", "numpy", "cpu scalar stacked"])
 def test_the_fake_device_refuses_what_cuda_refuses(mistake):
     with fake_device(), pytest.raises((RuntimeError, TypeError), match="device"):
         mistake(torch.tensor([0, 2]).to(FAKE))
@@ -461,6 +464,21 @@ CASES = {**MODEL_CASES, **LOSS_CASES, **EXPERIMENT_CASES}
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_follows_its_inputs_device(case):
     check_follows(case)
+
+
+def test_fit_moves_a_number_logged_on_the_cpu_to_the_device(monkeypatch):
+    """ALBEF once logged its alpha as a CPU tensor, which CUDA would not stack with the device's sums."""
+    monkeypatch.setattr(train, "get_device", lambda device=None: FAKE)  # fit knows no "meta" device
+    torch.manual_seed(0)
+    with fake_device():
+        model = nn.Linear(3, 1).to(FAKE)
+        batches = [(torch.randn(4, 3).to(FAKE), torch.randn(4, 1).to(FAKE)) for _ in range(2)]
+
+        def loss_fn(model, batch):
+            return F.mse_loss(model(batch[0]), batch[1]), {"alpha": torch.tensor(0.4)}
+
+        history = fit(model, batches, loss_fn, epochs=1, progress=False, device=FAKE)
+    assert history[-1]["alpha"] == pytest.approx(0.4)
 
 
 # --------------------------------------------------------------------------------------------
