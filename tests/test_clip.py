@@ -1,12 +1,11 @@
 """mmcourse.models.clip: the loss against open_clip's, the model's temperature, zero-shot weights,
 a short training run, and bad inputs."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_helpers import load_bench
 from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader
 
@@ -101,10 +100,7 @@ def test_clip_loss_refuses_bad_input(image, text, scale, error, match):
 
 def test_clip_loss_speed_is_close_to_open_clip():
     """A loose check of bench/clip_loss_speed.py (which prints the real ratios): at most 1.5x."""
-    path = Path(__file__).parents[1] / "bench" / "clip_loss_speed.py"
-    spec = importlib.util.spec_from_file_location("clip_loss_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("clip_loss_speed")
     ours, theirs = bench.time_ratio(batch_size=256, dim=256, rounds=5, calls=5)
     assert ours / theirs <= 1.5, f"clip_loss takes {ours / theirs:.2f}x open_clip's time"
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_helpers import load_bench
 
 from mmcourse.experiments import few_shot as fs
 from mmcourse.models.protonet import ProtoNet
@@ -247,3 +248,15 @@ def test_image_classifier_answers_in_eval_mode_what_it_learned(one_torch_thread)
     data, test = fs.colearning_data(600, 32, seed=0), fs.colearning_data(150, 32, seed=1)
     model = fs.train_image_classifier(data["images"], data["labels"], recipe, 3, seed=0)
     assert fs.image_accuracy(model, test["images"], test["labels"]) > 0.7
+
+
+def test_distance_bench_compares_both_distances_on_the_same_episodes(digits, one_torch_thread, capsys):
+    """bench/protonet_distances.py on a budget of a few episodes: one row per distance and seed,
+    then the mean difference per number of shots."""
+    bench = load_bench("protonet_distances")
+    images, labels = digits
+    recipe = replace(fs.ablation_recipe(fs.PROTO_RECIPES["ci"]), train_episodes=2, test_episodes=3)
+    bench.compare("tiny", recipe, [0, 1], (1, 5), images, labels)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "mean over 2 seed(s)" in lines[-1]
+    assert [line.split()[3] for line in lines[:4]] == ["squared_euclidean", "euclidean"] * 2
