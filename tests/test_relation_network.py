@@ -1,16 +1,18 @@
 """Relation Networks (Santoro et al. 2017) of notebook 04: the relation module indifferent to the
 order of its objects, every ordered pair processed (N^2), the efficient first layer equal to g on
 the explicit pairs, cells with their coordinates as objects, the CNN+MLP baseline of comparable
-size, clear errors on bad shapes, and a very small run of the Sort-of-CLEVR experiment."""
+size, clear errors on bad shapes, a very small run of the Sort-of-CLEVR experiment, and the bench
+that gives the relation module the scenes' true object states."""
 import dataclasses
 
 import pytest
 import torch
+from bench_helpers import load_bench
 
 from mmcourse.experiments.reasoning import relations
 from mmcourse.models.relation_network import (CnnMlp, RelationModule, RelationNetwork, all_pairs, cell_objects,
                                               comparable_cnn_mlp, feature_side, parameter_count)
-from mmcourse.world.sort_of_clevr import ANSWERS, VECTOR_DIM
+from mmcourse.world.sort_of_clevr import ANSWERS, VECTOR_DIM, sample_sort_of_clevr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
 
@@ -136,3 +138,51 @@ def test_a_very_small_experiment_runs_end_to_end():
         assert result.seconds[kind] > 0 and len(result.histories[kind]) == 1
     assert 1 / 1.5 < result.parameters["rn"] / result.parameters["cnn_mlp"] < 1.5
     assert isinstance(result.gap(), float)
+
+
+def test_state_bench_reads_the_scenes_and_questions_of_the_notebook():
+    """bench/relation_network_states.py: each scene's six objects as state rows (colour, shape,
+    x, y), with the same questions and answers as `sample_sort_of_clevr` draws for the seed."""
+    bench = load_bench("relation_network_states")
+    data, reference = bench.state_questions(12, 3), sample_sort_of_clevr(12, 3, size=32)
+    assert torch.equal(data["answers"], torch.from_numpy(reference.answers))
+    assert torch.equal(data["vectors"], torch.from_numpy(reference.vectors))
+    states = data["states"]  # (12, 6, 10)
+    assert states.shape == (12, 6, bench.STATE_DIM)
+    assert torch.equal(states[..., :6].sum(1), torch.ones(12, 6))  # every colour once per scene
+    shapes = [[bench.SHAPES.index(o.shape) for o in scene.objects] for scene in reference.scenes]
+    assert torch.equal(states[..., 6:8].argmax(-1), torch.tensor(shapes))
+    xy = torch.tensor([[[o.x, o.y] for o in scene.objects] for scene in reference.scenes]) * 2 - 1
+    assert torch.allclose(states[..., 8:], xy)
+
+
+def test_state_bench_trains_models_of_comparable_size(capsys):
+    bench = load_bench("relation_network_states")
+    data = bench.state_questions(16, 0)
+    torch.manual_seed(0)
+    rn = RelationModule(bench.STATE_DIM, hidden=16, pool="mean")
+    baseline = bench.comparable_mlp(rn)
+    assert abs(parameter_count(baseline) / parameter_count(rn) - 1) < 0.05
+    prior = bench.prior(data, data)
+    assert set(prior) == {"shape", "left", "top", "closest_shape", "furthest_shape", "count_same_shape"}
+    for name, model in (("RN", rn), ("MLP", baseline)):
+        bench.train(model, data, data, steps=3, every=3, batch_size=4, lr=1e-3, seed=0, name=name)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and all("step      3" in line and "count_same_shape" in line for line in printed)
+
+
+def test_state_bench_guess_without_distances_follows_its_definition():
+    bench = load_bench("relation_network_states")
+    test = bench.state_questions(40, 5)
+    scenes = sample_sort_of_clevr(40, 5, size=32)
+    right = {"closest_shape": [], "furthest_shape": []}
+    for i, scene in enumerate(scenes.scenes):
+        for q, text in enumerate(scenes.texts[i]):
+            subtype = next((name for name in right if name.split("_")[0] in text), None)
+            if subtype is not None:
+                color = next(o.color for o in scene.objects if o.color in text.split())
+                others = [o.shape for o in scene.objects if o.color != color]
+                guess = max(set(others), key=others.count)  # five objects: no tie
+                right[subtype].append(ANSWERS[scenes.answers[i, q]] == guess)
+    expected = {name: sum(hits) / len(hits) for name, hits in right.items()}
+    assert bench.commoner_shape_of_the_others(test) == pytest.approx(expected)
