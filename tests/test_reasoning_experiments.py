@@ -1,5 +1,7 @@
 """Notebook 04's experiment code: question sets, baselines, program traces, precomputed features,
 the shared training loop of the VQA models, and the scoring of attention hops against the trace."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,9 @@ def test_train_and_test_scenes_differ_and_cogent_tests_on_the_other_palette(sets
     cogent = data.question_sets(RECIPE, seed=3, cogent=True)
     assert {s.preset for s in cogent.train.scenes + cogent.test.scenes} == {"cogent_a"}
     assert {s.preset for s in cogent.test_b.scenes} == {"cogent_b"}
+    assert len(cogent.train.scenes) == RECIPE.cogent_scenes == RECIPE.train_scenes  # by default as many
+    smaller = data.question_sets(dataclasses.replace(RECIPE, cogent_train_scenes=30), seed=3, cogent=True)
+    assert len(smaller.train.scenes) == 30 and len(smaller.test.scenes) == len(cogent.test.scenes)
 
 
 def test_accuracy_by_family_counts_each_family(sets):

@@ -40,12 +40,19 @@ class ReasoningRecipe:
     epochs: int
     batch_size: int
     lr: float
+    cogent_train_scenes: int | None = None  # CoGenT condition A's training scenes (None: train_scenes)
+
+    @property
+    def cogent_scenes(self) -> int:
+        """Training scenes of the CoGenT study: fewer at ci, where its split is shown, not measured."""
+        return self.train_scenes if self.cogent_train_scenes is None else self.cogent_train_scenes
 
     @classmethod
     def for_scale(cls, scale: str) -> "ReasoningRecipe":
         sizes = {
             "ci": cls(train_scenes=1_200, test_scenes=300, questions_per_scene=5, image_size=48, feature_width=48,
-                      feature_stages=3, backbone_epochs=2, width=48, epochs=4, batch_size=128, lr=3e-3),
+                      feature_stages=3, backbone_epochs=2, width=48, epochs=4, batch_size=128, lr=3e-3,
+                      cogent_train_scenes=500),
             "cpu": cls(train_scenes=6_000, test_scenes=1_000, questions_per_scene=5, image_size=48, feature_width=64,
                        feature_stages=3, backbone_epochs=3, width=64, epochs=6, batch_size=128, lr=3e-3),
             "gpu": cls(train_scenes=30_000, test_scenes=4_000, questions_per_scene=5, image_size=64, feature_width=96,
@@ -66,15 +73,16 @@ class QuestionSets:
 
 
 def question_sets(recipe: ReasoningRecipe, seed: int, cogent: bool = False) -> QuestionSets:
-    """Train/test questions on the default world, or with `cogent=True` train and test on condition
-    A plus a test on condition B (each split's scenes drawn with its own seed)."""
+    """Train/test questions on the default world, or with `cogent=True` train (`recipe.cogent_scenes`
+    scenes) and test on condition A plus a test on condition B (each split's scenes drawn with its own
+    seed)."""
     seed = check_seed(seed)
     make = lambda n, s, preset: QuestionDataset(n, s, recipe.questions_per_scene, preset=preset,  # noqa: E731
                                                 image_size=recipe.image_size)
     if not cogent:
         return QuestionSets(make(recipe.train_scenes, seed, "default"),
                             make(recipe.test_scenes, seed + TEST_SEED_OFFSET, "default"))
-    return QuestionSets(make(recipe.train_scenes, seed, "cogent_a"),
+    return QuestionSets(make(recipe.cogent_scenes, seed, "cogent_a"),
                         make(recipe.test_scenes, seed + TEST_SEED_OFFSET, "cogent_a"),
                         make(recipe.test_scenes, seed + 2 * TEST_SEED_OFFSET, "cogent_b"))
 

@@ -64,7 +64,7 @@ class RelationsRecipe:
 
 
 RELATIONS_RECIPES = {
-    "ci": RelationsRecipe(n_images=400, epochs=4, batch_size=8, width=24, image_size=32, lr=1e-3, hidden=32,
+    "ci": RelationsRecipe(n_images=200, epochs=4, batch_size=8, width=24, image_size=32, lr=1e-3, hidden=32,
                           n_test=200),
     "cpu": RelationsRecipe(n_images=1000, epochs=8, batch_size=8, width=24, image_size=32, lr=1e-3, hidden=32,
                            n_test=500),
