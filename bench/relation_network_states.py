@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcourse.experiments.reasoning.relations import question_subtypes
-from mmcourse.models.relation_network import RelationModule, mlp, mlp_parameter_count, parameter_count
+from mmcourse.models.relation_network import RelationModule, matching_mlp_width, mlp, parameter_count
 from mmcourse.world.scene import sample_scenes, scene_rng
 from mmcourse.world.sort_of_clevr import ANSWERS, COLORS, PRESET, VECTOR_DIM, questions
 
@@ -69,9 +69,8 @@ class StateMlp(torch.nn.Module):
 
 def comparable_mlp(rn: RelationModule, layers: int = 3) -> StateMlp:
     """The `StateMlp` whose parameter count is closest to the RN's."""
-    sizes = lambda hidden: [OBJECTS * STATE_DIM + VECTOR_DIM] + [hidden] * layers + [len(ANSWERS)]
-    hidden = min(range(1, 2048), key=lambda h: abs(mlp_parameter_count(sizes(h)) - parameter_count(rn)))
-    return StateMlp(hidden, layers)
+    return StateMlp(matching_mlp_width(OBJECTS * STATE_DIM + VECTOR_DIM, len(ANSWERS), layers, parameter_count(rn)),
+                    layers)
 
 
 def ask(model: torch.nn.Module, states: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from bench_helpers import load_bench
 
 from mmcourse.experiments.reasoning import relations
 from mmcourse.models.relation_network import (CnnMlp, RelationModule, RelationNetwork, all_pairs, cell_objects,
-                                              comparable_cnn_mlp, feature_side, parameter_count)
+                                              comparable_cnn_mlp, feature_side, matching_mlp_width, mlp, parameter_count)
 from mmcourse.world.sort_of_clevr import ANSWERS, VECTOR_DIM, sample_sort_of_clevr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
@@ -95,6 +95,20 @@ def test_the_cnn_mlp_baseline_has_a_comparable_parameter_count():
         assert 1 / 1.5 < ratio < 1.5, (hidden, parameter_count(rn), parameter_count(baseline))
         images, question = torch.rand(2, 3, 32, 32), torch.rand(2, VECTOR_DIM)
         assert baseline(images, question)["logits"].shape == (2, len(ANSWERS))
+
+
+def test_matching_mlp_width_is_the_width_with_the_closest_parameter_count():
+    target = 10_000
+    width = matching_mlp_width(20, 5, 2, target)
+    gap = lambda hidden: abs(parameter_count(mlp([20, hidden, hidden, 5])) - target)  # counted on real modules
+    assert gap(width) <= min(gap(width - 1), gap(width + 1))
+    assert gap(width) < 200
+    assert matching_mlp_width(20, 5, 2, 0) == 1  # nothing is smaller than one unit
+    for name, bad in (("inputs", 0), ("layers", 1.5), ("max_width", True)):
+        arguments = dict(inputs=20, outputs=5, layers=2, target=target, max_width=64)
+        arguments[name] = bad
+        with pytest.raises(ValueError, match=name):
+            matching_mlp_width(**arguments)
 
 
 def test_bad_shapes_give_clear_errors():

@@ -59,6 +59,16 @@ def mlp_parameter_count(sizes: list[int]) -> int:
     return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
 
 
+def matching_mlp_width(inputs: int, outputs: int, layers: int, target: int, max_width: int = 4096) -> int:
+    """The hidden width h in [1, max_width) whose `mlp([inputs] + [h] * layers + [outputs])` has the
+    parameter count closest to `target`: how a baseline MLP is sized to match another model."""
+    for name, value in (("inputs", inputs), ("outputs", outputs), ("layers", layers), ("max_width", max_width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return min(range(1, max_width),
+               key=lambda hidden: abs(mlp_parameter_count([inputs] + [hidden] * layers + [outputs]) - target))
+
+
 def conv_stack(channels: int, layers: int = 4, in_channels: int = 3) -> nn.Sequential:
     """The paper's CNN: `layers` x (3x3 convolution of stride 2 with `channels` kernels, batch norm,
     ReLU); (B, 3, S, S) -> (B, channels, d, d) with d = S halved (rounding up) `layers` times."""
@@ -242,12 +252,7 @@ def comparable_cnn_mlp(rn: RelationNetwork, layers: int = 3, dropout: float = 0.
         raise TypeError(f"rn must be a RelationNetwork, got {type(rn).__name__}")
     flat = rn.channels * rn.num_objects + rn.question_dim
     answers = rn.relation.f[-1].out_features
-    target = parameter_count(rn.relation)
-
-    def gap(hidden: int) -> int:
-        return abs(mlp_parameter_count([flat] + [hidden] * layers + [answers]) - target)
-
-    hidden = min(range(1, 4096), key=gap)
+    hidden = matching_mlp_width(flat, answers, layers, parameter_count(rn.relation))
     return CnnMlp(rn.image_size, rn.channels, rn.conv_layers, hidden, layers, rn.question_dim, answers, dropout)
 
 
