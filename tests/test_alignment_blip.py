@@ -7,6 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from bench_helpers import load_bench
+from test_alignment_albef import MICRO as ALBEF_MICRO
 
 from mmcourse.experiments.alignment import blip as experiment
 from mmcourse.models.blip import Captioner
@@ -96,3 +98,27 @@ def test_run_capfilt_measures_every_part_on_a_micro_recipe():
     assert result.synthetic_true <= result.synthetic_readable
     assert all(np.isnan(r) or 0.0 <= r <= 1.0 for r in result.recall_at_1.values())
     assert len(result.examples) == 8 and set(result.seconds) >= {"captioner", "filter", "bootstrap"}
+
+
+def test_budget_bench_best_precision_is_the_best_threshold_that_keeps_enough_clean_captions():
+    bench = load_bench("alignment_budgets")
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    is_noisy = torch.tensor([False, True, False, False, True, False])
+    # keeping >= 0.6 keeps 3 of 4 clean (recall 0.75) with one noisy: precision 0.75; the 0.8 floor
+    # needs all four clean, i.e. everything, precision 4 / 6
+    assert bench.best_precision(scores, is_noisy) == pytest.approx(4 / 6)
+    assert bench.best_precision(scores, is_noisy, recall_floor=0.75) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="every caption noisy"):
+        bench.best_precision(scores, torch.ones(6, dtype=torch.bool))
+
+
+def test_budget_bench_prints_one_row_per_budget(capsys):
+    """bench/alignment_budgets.py on micro recipes: a header and one row per number of epochs (and,
+    for ALBEF, per ITM variant)."""
+    bench = load_bench("alignment_budgets")
+    bench.filter_rows(MICRO, [1, 2], seed=0)
+    bench.albef_rows(ALBEF_MICRO, [1], seed=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 2 + 1 + 2
+    assert [line.split()[0] for line in lines[1:3]] == ["1", "2"]
+    assert [line.split()[:2] for line in lines[4:]] == [["1", "random"], ["1", "hard"]]
