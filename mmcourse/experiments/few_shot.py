@@ -196,7 +196,7 @@ class ProtoRecipe:
 
 
 PROTO_RECIPES = {
-    "ci": ProtoRecipe(train_episodes=400, width=32, test_episodes=100, ablation_episodes=100, ablation_width=16),
+    "ci": ProtoRecipe(train_episodes=200, width=32, test_episodes=100, ablation_episodes=60, ablation_width=16),
     "cpu": ProtoRecipe(),
     "gpu": ProtoRecipe(test_episodes=2000, ablation_episodes=2000, ablation_width=64),
 }
@@ -506,7 +506,7 @@ class CoLearningRecipe:
 
 
 COLEARNING_RECIPES = {
-    "ci": CoLearningRecipe(pairs=900, test=300, budgets=(1, 4), steps=200, rounds=2, per_class=100),
+    "ci": CoLearningRecipe(pairs=900, test=300, budgets=(1, 4), steps=140, rounds=2, per_class=100),
     "cpu": CoLearningRecipe(),
     "gpu": CoLearningRecipe(pairs=20000, test=2000, image_size=64, width=64, steps=1500, rounds=5, per_class=1000),
 }

@@ -85,7 +85,7 @@ class AlbefRecipe:
 
 
 ALBEF_RECIPES = {
-    "ci": AlbefRecipe(n_scenes=600, captions_per_image=1, noise_rate=0.3, image_size=32, patch_size=4, width=32,
+    "ci": AlbefRecipe(n_scenes=300, captions_per_image=1, noise_rate=0.3, image_size=32, patch_size=4, width=32,
                       queue_size=32, momentum=0.0, epochs=1, batch_size=32, lr=2e-3, weight_decay=0.02,
                       alpha_warmup_steps=12, n_test=100),
     "cpu": AlbefRecipe(n_scenes=1500, captions_per_image=1, noise_rate=0.3, image_size=64, patch_size=8, width=48,

@@ -82,9 +82,9 @@ class CapFiltRecipe:
 
 
 CAPFILT_RECIPES = {
-    "ci": CapFiltRecipe(n_clean=400, n_web=600, captions_per_image=2, web_noise_rate=0.4, image_size=32,
+    "ci": CapFiltRecipe(n_clean=200, n_web=300, captions_per_image=2, web_noise_rate=0.4, image_size=32,
                         patch_size=4, width=32, captioner_epochs=2, filter_epochs=2, batch_size=32, lr=2e-3,
-                        retrieval_steps=60, retrieval_batch=64, retrieval_width=32, retrieval_lr=2e-3, n_test=200),
+                        retrieval_steps=40, retrieval_batch=64, retrieval_width=32, retrieval_lr=2e-3, n_test=100),
     "cpu": CapFiltRecipe(n_clean=1000, n_web=2000, captions_per_image=2, web_noise_rate=0.4, image_size=64,
                          patch_size=8, width=48, captioner_epochs=3, filter_epochs=3, batch_size=32, lr=2e-3,
                          retrieval_steps=200, retrieval_batch=64, retrieval_width=48, retrieval_lr=2e-3, n_test=500),

@@ -68,7 +68,7 @@ class TwoStreamRecipe:
 
 
 TWO_STREAM_RECIPES = {
-    "ci": TwoStreamRecipe(n_scenes=1000, image_size=32, width=64, heads=4, stages=2, detector_scenes=600,
+    "ci": TwoStreamRecipe(n_scenes=700, image_size=32, width=64, heads=4, stages=2, detector_scenes=600,
                           detector_epochs=1, epochs=2, batch_size=64, lr=1e-3, n_test=200),
     "cpu": TwoStreamRecipe(n_scenes=3000, image_size=64, width=64, heads=4, stages=2, detector_scenes=2000,
                            detector_epochs=2, epochs=8, batch_size=64, lr=1e-3, n_test=400),

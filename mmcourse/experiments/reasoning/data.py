@@ -51,8 +51,8 @@ class ReasoningRecipe:
     def for_scale(cls, scale: str) -> "ReasoningRecipe":
         sizes = {
             "ci": cls(train_scenes=1_200, test_scenes=300, questions_per_scene=5, image_size=48, feature_width=48,
-                      feature_stages=3, backbone_epochs=2, width=48, epochs=4, batch_size=128, lr=3e-3,
-                      cogent_train_scenes=500),
+                      feature_stages=3, backbone_epochs=2, width=48, epochs=3, batch_size=128, lr=3e-3,
+                      cogent_train_scenes=250),
             "cpu": cls(train_scenes=6_000, test_scenes=1_000, questions_per_scene=5, image_size=48, feature_width=64,
                        feature_stages=3, backbone_epochs=3, width=64, epochs=6, batch_size=128, lr=3e-3),
             "gpu": cls(train_scenes=30_000, test_scenes=4_000, questions_per_scene=5, image_size=64, feature_width=96,

@@ -269,7 +269,7 @@ class GeneratorRecipe:
 
     @classmethod
     def for_scale(cls, scale: str) -> "GeneratorRecipe":
-        recipes = {"ci": cls((100, None), 150, 400, 1, width=48),
+        recipes = {"ci": cls((100, None), 100, 200, 1, width=48),
                    "cpu": cls((100, 1_000, None), 400, 4_000, 1),
                    "gpu": cls((100, 1_000, None), 2_000, 20_000, 3, width=128)}
         if scale not in recipes:
